@@ -1,0 +1,242 @@
+"""The method contract every detector implements, its typed config, and the registry.
+
+One generic training loop (`logicad.pipelines.train`) drives every method through
+the same life cycle:
+
+    method = build_method("dfsc", config)
+    method.prepare(train_loader, collective)      # statistics before training
+    for stage in method.stages():                 # one or more training stages
+        for step in range(stage.steps):
+            losses = method(batch, stage=stage.name)  # == training_step; DDP-safe
+            losses["loss"].backward(); stage.optimizer.step(); method.after_step(stage.name)
+    method.finalize(val_loader, collective)       # statistics after training
+    maps = method.anomaly_map(images)             # B x 1 x H x W at input size
+    scores = method.image_score(maps)             # B
+
+A method knows nothing about Ray, MLflow or S3: distributed statistics go through
+the `Collective` it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key and what is valid."""
+
+
+@dataclass
+class MethodConfig:
+    """Keys every method has. Subclasses add the paper's keys with the paper's defaults."""
+
+    image_size: int = 256
+    batch_size: int = 1
+    max_steps: int = 70000
+    lr: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+    precision: str = "32"
+
+    #: named, smaller settings (e.g. for the synthetic default on a CPU); never the defaults
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: allowed values of string keys
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"precision": ("32", "bf16", "16")}
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def build(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> "MethodConfig":
+        """Defaults, then the preset's values, then `overrides` (strings are parsed)."""
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.PRESETS:
+                raise ConfigError(
+                    f"unknown preset {preset!r} for {cls.__name__}; valid presets: {sorted(cls.PRESETS) or 'none'}"
+                )
+            values.update(cls.PRESETS[preset])
+        values.update(overrides or {})
+        config = cls()
+        return config.replace(**values)
+
+    def replace(self, **values: Any) -> "MethodConfig":
+        """A copy with `values` set; keys are checked and string values parsed to the field's type."""
+        types = typing.get_type_hints(type(self))
+        valid = self.keys()
+        parsed = {}
+        for key, raw in values.items():
+            if key not in valid:
+                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+            parsed[key] = _parse_value(key, raw, types[key])
+        config = dataclasses.replace(self, **parsed)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Range checks; raise ConfigError naming the key."""
+        for key in ("image_size", "batch_size", "max_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+        for key, choices in self.CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"config key {key!r} must be one of {list(choices)}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(key: str, raw: Any, annotation: Any) -> Any:
+    """Parse `raw` (often a CLI string) into the field's type; ConfigError if it does not fit."""
+    origin = typing.get_origin(annotation)
+    try:
+        if annotation is bool:
+            if isinstance(raw, str):
+                lowered = raw.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                return lowered in ("true", "1", "yes")
+            return bool(raw)
+        if annotation is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw) if not isinstance(raw, str) else int(raw.strip())
+        if annotation is float:
+            return float(raw)
+        if annotation is str:
+            return str(raw)
+        if origin is tuple:
+            (item_type, *_) = typing.get_args(annotation)
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(_parse_value(key, item, item_type) for item in items)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"config key {key!r} expects {name}, got {raw!r}") from None
+    return raw
+
+
+class Collective:
+    """Reductions a method uses for statistics; one process: identity.
+
+    The training pipeline hands a torch.distributed-backed subclass to every worker so
+    that N workers compute exactly what one process computes on all the data.
+    """
+
+    world_size: int = 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of `tensor` over workers."""
+        return tensor
+
+    def cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenation over workers along dim 0 (rows may differ in number per worker)."""
+        return tensor
+
+
+@dataclass
+class Stage:
+    """One training stage: what it optimises, how, and for how many steps."""
+
+    name: str
+    steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of every detector. Subclasses set `name` and `config_cls`."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    #: DDP must look for unused parameters (several stages, or branches a step skips)
+    find_unused_parameters: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # --- life cycle -------------------------------------------------------------
+    def prepare(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
+        """Statistics needed before training (default: none)."""
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Losses for one batch; key `loss` is back-propagated."""
+        raise NotImplementedError
+
+    def after_step(self, stage: str) -> None:
+        """Hook after each optimizer step (EMA updates); default nothing."""
+
+    def finalize(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
+        """Statistics after training on normal validation images (default: none)."""
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W normalised images -> B x 1 x H x W anomaly map at input size."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def image_score(self, maps: torch.Tensor) -> torch.Tensor:
+        """B x 1 x H x W maps -> B image scores (default: the map's maximum)."""
+        return maps.flatten(1).amax(dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor], stage: str = "") -> dict[str, torch.Tensor]:
+        """Training forward pass (so DDP's gradient hooks see it): `training_step`."""
+        return self.training_step(batch, stage)
+
+    def describe(self) -> list[str]:
+        """Lines worth logging once (e.g. 'random-init teacher'); default none."""
+        return []
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its `name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class for `name`, or ConfigError listing the registered names."""
+    _import_builtin_methods()
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_method(name: str, config: MethodConfig | None = None, **overrides: Any) -> Method:
+    cls = method_class(name)
+    if config is None:
+        config = cls.config_cls.build(overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    return cls(config)
+
+
+_BUILTIN = ("dfsc",)
+
+
+def _import_builtin_methods() -> None:
+    import importlib
+
+    for module in _BUILTIN:
+        importlib.import_module(f"{__package__}.{module}")
+
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]

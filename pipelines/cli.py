@@ -1,0 +1,204 @@
+"""The `logicad` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+DEFAULT_PRESET = "cpu-synthetic"
+HEADLINE = ("image_auroc_logical", "image_auroc_structural", "image_auroc", "spro_0.05", "pixel_auroc", "aupro_0.3")
+
+
+def cache_dir() -> Path:
+    """Where the synthetic default dataset is generated (`LOGICAD_CACHE`, else ~/.cache/logicad)."""
+    return Path(os.environ.get("LOGICAD_CACHE", Path.home() / ".cache" / "logicad"))
+
+
+def synthetic_default(seed: int = 0) -> tuple[Path, str]:
+    """The embedded default dataset (generated once) and its first category."""
+    from logicad.data.synthetic import CATEGORIES, SyntheticSpec, make_synthetic
+
+    root = cache_dir() / f"synthetic-seed{seed}"
+    marker = root / ".complete"
+    if not marker.exists():
+        print(f"generating the synthetic MVTec LOCO-format dataset into {root}", flush=True)
+        make_synthetic(root, SyntheticSpec(seed=seed))
+        marker.write_text("ok\n")
+    return root, CATEGORIES[0]
+
+
+# --- make-synthetic ---------------------------------------------------------------------
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from logicad.data.synthetic import SyntheticSpec, make_synthetic
+
+    spec = SyntheticSpec(size=args.size, seed=args.seed, n_train=args.n_train, n_validation=args.n_validation,
+                         n_test_good=args.n_test_good, n_test_logical=args.n_test_logical,
+                         n_test_structural=args.n_test_structural)
+    categories = args.categories.split(",") if args.categories else None
+    for path in make_synthetic(args.out, spec, categories):
+        print(path)
+    return 0
+
+
+def add_make_synthetic(sub) -> None:
+    from logicad.data.synthetic import SyntheticSpec
+
+    d = SyntheticSpec()
+    p = sub.add_parser("make-synthetic", help="write the synthetic MVTec LOCO-format dataset")
+    p.add_argument("--out", required=True, help="output root (categories are written below it)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--size", type=int, default=d.size, help="shorter image side in pixels")
+    p.add_argument("--categories", default=None, help="comma-separated subset (default: all)")
+    for name in ("n_train", "n_validation", "n_test_good", "n_test_logical", "n_test_structural"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.set_defaults(func=cmd_make_synthetic)
+
+
+# --- evaluate-maps ----------------------------------------------------------------------
+def cmd_evaluate_maps(args: argparse.Namespace) -> int:
+    from .evaluate_maps import evaluate_maps
+
+    metrics = evaluate_maps(Path(args.maps), Path(args.data), args.category, args.dataset)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def add_evaluate_maps(sub) -> None:
+    p = sub.add_parser("evaluate-maps", help="score anomaly maps written as <maps>/<category>/test/<kind>/<id>.tiff")
+    p.add_argument("--maps", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad"])
+    p.add_argument("--out", default=None, help="write metrics.json here")
+    p.set_defaults(func=cmd_evaluate_maps)
+
+
+# --- train ------------------------------------------------------------------------------
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="dataset root (default: the synthetic dataset, generated once)")
+    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"])
+    p.add_argument("--category", default=None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .train import TrainJob, run_train
+
+    data, category, preset = args.data, args.category, args.preset
+    if data is None:
+        data, default_category = synthetic_default()
+        category = category or default_category
+        preset = preset or DEFAULT_PRESET
+        print(f"no --data: training on the synthetic default ({data}, category {category}) "
+              f"with the {preset!r} preset", flush=True)
+    preset = None if preset == "none" else preset
+    sets = list(args.set or [])
+    if args.max_steps is not None:
+        sets.append(f"max_steps={args.max_steps}")
+    config = resolve_config(args.method, sets, args.config, preset)
+    if preset:
+        print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)
+    job = TrainJob(args.method, config, args.dataset, data, category, preset, args.workers,
+                   None if not args.cpu else False, args.output, args.storage, args.run_name, args.resume,
+                   args.checkpoint_every, args.max_failures, tracking_uri=args.tracking_uri)
+    record = run_train(job)
+    print_headline(record)
+    return 0
+
+
+def print_headline(record: dict) -> None:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"{record['method']} on {record['dataset']}/{record['category']}: "
+          + "  ".join(f"{k} {fmt(record.get(k))}" for k in HEADLINE))
+    print(f"train {record.get('train_seconds')} s, inference {fmt(record.get('infer_ms_per_image'))} ms/image; "
+          f"MLflow run {record.get('mlflow_run_id')}" + (f", model {record['model_uri']}" if record.get("model_uri") else ""))
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a method on Ray Train, evaluate it, track it in MLflow")
+    p.add_argument("--method", default="dfsc")
+    _data_args(p)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file of config keys (e.g. from logicad tune)")
+    p.add_argument("--preset", default=None, help="named smaller setting ('none' for the paper's defaults)")
+    p.add_argument("--output", default="outputs", help="where metrics.json and model/ are written")
+    p.add_argument("--storage", default="ray_results", help="Ray run storage (local dir)")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this method/category")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: at the end only)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures survived via checkpoint resume")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--cpu", action="store_true", help="do not use a GPU even if one is present")
+    p.set_defaults(func=cmd_train)
+
+
+# --- evaluate ---------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_to_dir
+    from .mlflow_model import load_method_any
+
+    import torch
+
+    method = load_method_any(args.model)
+    data, category = args.data, args.category
+    if data is None:
+        data, category = synthetic_default()[0], category or synthetic_default()[1]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, Path(args.output), device)
+    record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics}
+    (Path(args.output) / "metrics.json").write_text(json.dumps(record, indent=2))
+    print_headline({**record, "train_seconds": None})
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="re-score a saved model (model.pt, its folder, or a models:/ URI)")
+    p.add_argument("--model", required=True)
+    _data_args(p)
+    p.add_argument("--output", default="outputs/evaluate")
+    p.add_argument("--cpu", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logicad", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from logicad.data.errors import DatasetError
+    from logicad.models.base import ConfigError
+
+    from .checkpoints import ModelFileError
+    from .tracking import TrackingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DatasetError, ConfigError, TrackingError, ModelFileError) as exc:
+        print(f"logicad: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Turning command-line settings (`--set k=v`, `--config FILE`, `--preset`) into a method config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from logicad.models.base import ConfigError, MethodConfig, method_class
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, str]:
+    """['margin=0.5', 'lr=1e-4'] -> {'margin': '0.5', 'lr': '1e-4'}."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of config keys (what `logicad tune` writes as the best config).
+
+    A file with a top-level `config:` mapping (plus e.g. `method:`) is accepted too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; expected a YAML mapping of config keys")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(
+    method: str,
+    sets: Iterable[str] = (),
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+) -> MethodConfig:
+    """Defaults <- preset <- config file <- --set, validated against the method's keys."""
+    overrides: dict[str, Any] = {}
+    if config_file:
+        overrides.update(read_config_file(config_file))
+    overrides.update(parse_sets(sets))
+    return method_class(method).config_cls.build(overrides, preset=preset)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested dicts -> {'a.b': v} for MLflow params."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}

@@ -1,0 +1,88 @@
+"""The trained detector as an MLflow pyfunc model that loads and scores images by itself.
+
+    model = mlflow.pyfunc.load_model("models:/logicad-dfsc-parts_box@champion")
+    out = model.predict(pd.DataFrame({"path": ["a.png", "b.png"]}))
+    out["score"]  # N image scores;  out["map"]: N x H x W anomaly maps at the model's input size
+
+Input: a DataFrame with a `path` column (image files) or an N x H x W x 3 uint8 array.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+
+from .checkpoints import MODEL_FILE, ModelFileError, load_model
+
+MODEL_ARTIFACT = "model"
+
+
+def _images_from(model_input: Any) -> list[np.ndarray]:
+    from logicad.data.images import read_image_rgb
+
+    if hasattr(model_input, "columns"):
+        if "path" not in model_input.columns:
+            raise ValueError(f"expected a DataFrame with a 'path' column, got columns {list(model_input.columns)}")
+        return [read_image_rgb(Path(p)) for p in model_input["path"]]
+    array = np.asarray(model_input)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected N x H x W x 3 uint8 images, got shape {array.shape}")
+    return list(array.astype(np.uint8))
+
+
+class LogicadModel(mlflow.pyfunc.PythonModel):
+    """Owns loading (`model.pt`) and batched scoring."""
+
+    batch_size = 16
+
+    def load_context(self, context) -> None:
+        self.method = load_model(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
+        from logicad.data.dataset import resize_image
+        from logicad.data.transforms import eval_transform
+
+        transform = eval_transform()
+        size = self.method.config.image_size
+        images = [transform(image=resize_image(im, size))["image"] for im in _images_from(model_input)]
+        scores, maps = [], []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack(images[start:start + self.batch_size])
+                amap = self.method.anomaly_map(batch)
+                scores.append(self.method.image_score(amap).float().numpy())
+                maps.append(amap[:, 0].float().numpy())
+        return {"score": np.concatenate(scores), "map": np.concatenate(maps)}
+
+
+def log_and_register(run_id: str, model_file: Path, registered_model_name: str | None) -> str:
+    """Log `model_file` as a pyfunc model in `run_id` (and register it); the model URI."""
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=LogicadModel(),
+            artifacts={MODEL_ARTIFACT: str(model_file)},
+            registered_model_name=registered_model_name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "numpy", "pillow", "logicad"],
+        )
+    return info.model_uri
+
+
+def load_method_any(model: str):
+    """A method from a model file, its folder, or an MLflow model URI (models:/, runs:/)."""
+    if ":/" not in model or Path(model).exists():
+        return load_model(model)
+    import mlflow.artifacts
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as exc:  # MLflow raises several types for a missing model
+        raise ModelFileError(f"{model}: cannot load this MLflow model ({exc.__class__.__name__}: {exc})") from None
+    found = sorted(local.rglob(MODEL_FILE))
+    if not found:
+        raise ModelFileError(f"{model}: no {MODEL_FILE} among the model's artifacts; expected a logicad model")
+    return load_model(found[0])

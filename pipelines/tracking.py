@@ -1,0 +1,120 @@
+"""MLflow tracking: one run per training, live step metrics, artifacts, the registered model.
+
+Embedded default: `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/`;
+`--tracking-uri` or `MLFLOW_TRACKING_URI` point at a server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_EXPERIMENT = "logicad"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else sqlite under ./mlruns (absolute, so Ray workers agree)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path('mlruns').absolute() / 'mlflow.db'}"
+
+
+def preflight(uri: str, timeout: float = 5.0) -> None:
+    """Fail before training if the store cannot be reached or created."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); expected a running "
+                                "`mlflow server` at that address") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"MLflow store {uri}: cannot create {db.parent} ({exc.strerror})") from None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment's id, created (artifacts beside a local sqlite store) if missing."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").absolute().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+    """Create a run (nested under `parent_run_id` if given) with params and tags; its id."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    all_tags = {"mlflow.runName": run_name, **tags}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[start:start + 100])
+    return run.info.run_id
+
+
+class StepLogger:
+    """Logs a training step's losses and throughput into a run (called by rank 0)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client, self.run_id = _client(uri), run_id
+
+    def __call__(self, step: int, values: dict[str, float], steps_per_second: float) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"train/{k}", float(v), now, step) for k, v in values.items()]
+        metrics.append(Metric("train/steps_per_second", float(steps_per_second), now, step))
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def log_results(uri: str, run_id: str, metrics: dict[str, Any], artifacts_dir: Path | None = None) -> None:
+    """Numeric results-contract metrics (nulls skipped) and the files of `artifacts_dir`."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    client.log_batch(run_id, metrics=values)
+    if artifacts_dir is not None:
+        client.log_artifacts(run_id, str(artifacts_dir))
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def registered_name(method: str, category: str | None) -> str:
+    return f"logicad-{method}-{category or 'default'}"

@@ -1,0 +1,159 @@
+"""`logicad train`: check inputs, train on Ray Train (N DDP workers), evaluate, track in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logicad.data import load_defects, scan, check_ground_truth
+from logicad.models.base import MethodConfig
+
+from . import tracking
+from .checkpoints import MODEL_FILE
+from .config import flatten
+from .worker import WorkerSpec, train_loop
+
+RESULT_KEYS = ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_auroc", "spro_0.05",
+               "aupro_0.3")
+
+
+@dataclass
+class TrainJob:
+    """One training as the CLI (or a sweep) asks for it."""
+
+    method: str
+    config: MethodConfig
+    dataset: str = "mvtec_loco"
+    data_root: str = ""
+    category: str | None = None
+    preset: str | None = None
+    workers: int = 1
+    use_gpu: bool | None = None  # None: use a GPU when Ray sees one
+    output_dir: str = "outputs"
+    storage_path: str = "ray_results"
+    run_name: str | None = None
+    resume: bool = False
+    checkpoint_every: int = 0
+    max_failures: int = 0
+    log_every: int = 10
+    tracking_uri: str | None = None
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    register: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def check_inputs(job: TrainJob) -> None:
+    """Every split scanned and the test ground truth read, so bad data fails before Ray starts."""
+    for split in ("train", "validation"):
+        scan(job.dataset, Path(job.data_root), job.category, split)
+    if job.dataset != "folder":
+        check_ground_truth(scan(job.dataset, Path(job.data_root), job.category, "test"),
+                           load_defects(job.dataset, job.data_root, job.category))
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join a running cluster if RAY_ADDRESS says so, else start a local runtime."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _run_name(job: TrainJob) -> str:
+    if job.run_name:
+        return job.run_name
+    storage = Path(job.storage_path)
+    prefix = f"{job.method}-{job.category or job.dataset}"
+    if job.resume and storage.is_dir():
+        previous = sorted(p.name for p in storage.iterdir() if p.name.startswith(prefix + "-"))
+        if previous:
+            return previous[-1]
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _scaling(job: TrainJob):
+    import ray
+    from ray.train import ScalingConfig
+
+    use_gpu = job.use_gpu if job.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_worker = max(1, int(cpus // max(job.workers, 1))) if not use_gpu else 1
+    return ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker})
+
+
+def fit(job: TrainJob, spec: WorkerSpec, run_name: str):
+    """Run the Ray Train job; the Result (its checkpoint holds model.pt and metrics.json)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = job.storage_path if "://" in job.storage_path else str(Path(job.storage_path).absolute())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=spec.to_dict(),
+        scaling_config=_scaling(job),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def run_train(job: TrainJob) -> dict[str, Any]:
+    """Train, evaluate, write `<output>/metrics.json` + `<output>/model/`, log to MLflow."""
+    check_inputs(job)
+    uri = job.tracking_uri or tracking.default_tracking_uri()
+    tracking.preflight(uri)
+    ensure_ray()
+    run_name = _run_name(job)
+    params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
+              "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
+    run_id = tracking.start_run(uri, job.experiment, run_name, params, {"preset": job.preset or "none", **job.tags})
+    spec = WorkerSpec(job.method, job.config.to_dict(), job.dataset, str(Path(job.data_root).absolute()),
+                      job.category, job.checkpoint_every, job.log_every, uri, run_id, job.dataset != "folder")
+    start = time.perf_counter()
+    try:
+        result = fit(job, spec, run_name)
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    train_seconds = time.perf_counter() - start
+    return _finish(job, uri, run_id, result, train_seconds)
+
+
+def _finish(job: TrainJob, uri: str, run_id: str, result, train_seconds: float) -> dict[str, Any]:
+    out = Path(job.output_dir)
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    result.checkpoint.to_directory(str(model_dir))
+    metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
+    record = {"method": job.method, "dataset": job.dataset, "category": job.category,
+              **{k: metrics.get(k) for k in RESULT_KEYS}, **metrics, "train_seconds": round(train_seconds, 2),
+              "preset": job.preset, "mlflow_run_id": run_id}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    (model_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    tracking.log_results(uri, run_id, record, model_dir)
+    if job.register:
+        import mlflow
+
+        from .mlflow_model import log_and_register
+
+        mlflow.set_tracking_uri(uri)
+        name = tracking.registered_name(job.method, job.category)
+        record["model_uri"] = log_and_register(run_id, model_dir / MODEL_FILE, name)
+        record["registered_model"] = name
+    tracking.end_run(uri, run_id)
+    return record
