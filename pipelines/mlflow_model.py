@@ -69,6 +69,8 @@ def log_and_register(run_id: str, model_file: Path, registered_model_name: str |
             registered_model_name=registered_model_name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "numpy", "pillow", "logicad"],
         )
+    if registered_model_name and info.registered_model_version is not None:
+        return f"models:/{registered_model_name}/{info.registered_model_version}"
     return info.model_uri
 
 

@@ -45,6 +45,7 @@ class TrainJob:
     experiment: str = tracking.DEFAULT_EXPERIMENT
     register: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    fault_at_step: int = 0  # chaos testing: a worker kills itself at this step (first attempt only)
 
 
 def check_inputs(job: TrainJob) -> None:
@@ -62,10 +63,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    else:  # the dashboard serves the state API that Ray Train's clean-up polls
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def _run_name(job: TrainJob) -> str:
@@ -120,8 +122,10 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
               "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
     run_id = tracking.start_run(uri, job.experiment, run_name, params, {"preset": job.preset or "none", **job.tags})
-    spec = WorkerSpec(job.method, job.config.to_dict(), job.dataset, str(Path(job.data_root).absolute()),
-                      job.category, job.checkpoint_every, job.log_every, uri, run_id, job.dataset != "folder")
+    spec = WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
+                      data_root=str(Path(job.data_root).absolute()), category=job.category,
+                      checkpoint_every=job.checkpoint_every, log_every=job.log_every, tracking_uri=uri,
+                      run_id=run_id, evaluate=job.dataset != "folder", fault_at_step=job.fault_at_step)
     start = time.perf_counter()
     try:
         result = fit(job, spec, run_name)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +48,8 @@ class WorkerSpec:
     run_id: str | None = None
     evaluate: bool = True
     eval_options: dict[str, Any] = field(default_factory=dict)
+    #: chaos testing: the last rank kills its own process at this step on the first attempt
+    fault_at_step: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,23 +69,35 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_set = load_split(spec.dataset, spec.data_root, spec.category, "validation", config.image_size)
     collective = TorchCollective()
     state = _restore(method)
-    if state is None:
+    first_attempt = state is None
+    if first_attempt:
         if rank == 0:
             for line in method.describe():
                 print(f"[{spec.method}] {line}", flush=True)
         method.prepare(_stats_loader(train_set, config, device), collective)
-        state = {"stage": 0, "step": 0, "optimizers": [], "schedulers": [], "scalers": []}
+        state = {"stage": 0, "step": 0}
     ddp = ray.train.torch.prepare_model(
         method, parallel_strategy_kwargs={"find_unused_parameters": method.find_unused_parameters}
     )
     stages = method.stages()
     _load_training_state(stages, state)
+    fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
     logger = _step_logger(spec) if rank == 0 else None
     for index in range(state["stage"], len(stages)):
         start = state["step"] if index == state["stage"] else 0
-        _run_stage(spec, method, ddp, stages, index, start, train_set, device, logger)
+        _run_stage(spec, method, ddp, stages, index, start, train_set, device, logger, fault)
     method.finalize(_stats_loader(val_set, config, device), collective)
-    _report_final(spec, method, stages, device)
+    health = {"resumed_from": None if first_attempt else {"stage": state["stage"], "step": state["step"]},
+              "replica_divergence": replica_divergence(method, collective)}
+    _report_final(spec, method, stages, device, health)
+
+
+def replica_divergence(method: Method, collective) -> float:
+    """Largest difference between workers of any parameter's sum: 0.0 for true DDP replicas."""
+    sums = torch.stack([p.detach().double().sum() for p in method.parameters()]).to(
+        next(method.parameters()).device)
+    gathered = collective.cat(sums[None])
+    return float((gathered - gathered[:1]).abs().max())
 
 
 def _stats_loader(dataset, config, device) -> DeviceLoader:
@@ -110,7 +127,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start: int,
-               train_set, device, logger) -> None:
+               train_set, device, logger, fault: int = 0) -> None:
     stage, config = stages[index], method.config
     rank, world_size = world()
     steps_per_epoch = max(1, len(train_set) // (world_size * config.batch_size))
@@ -119,6 +136,8 @@ def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start
     progress = Progress(f"{spec.method}:{stage.name}", stage.steps, start, enabled=rank == 0)
     ddp.train()
     for step in range(start, stage.steps):
+        if fault and step + _offset(stages, index) == fault:
+            _die()
         batch = next(batches)
         if device.type == "cuda":
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -137,6 +156,13 @@ def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps:
             _report_checkpoint(method, stages, index, done, values)
+
+
+def _die(delay: float = 5.0) -> None:
+    """Chaos testing: SIGKILL this worker. The delay lets Ray's controller (which polls workers
+    every 2 s) register the checkpoint reported just before, as it would in a real run."""
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _offset(stages: list[Stage], index: int) -> int:
@@ -182,12 +208,13 @@ def _restore(method: Method) -> dict[str, Any] | None:
     if world()[0] == 0:
         print(f"[{method.name}] resumed from checkpoint at stage {state.get('stage')} step {state.get('step')}",
               flush=True)
-    if state.get("finished"):
-        state = {**state, "stage": len(method.stages())}
+    if state.get("finished"):  # the final checkpoint: nothing left to train
+        state = {**state, "stage": len(state.get("optimizers", []))}
     return state
 
 
-def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device: torch.device) -> None:
+def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device: torch.device,
+                  health: dict[str, Any]) -> None:
     """Rank 0 scores the test split and reports the final checkpoint with metrics and plots."""
     if world()[0] != 0:
         ray.train.report({"final": True}, checkpoint=None)
@@ -199,7 +226,9 @@ def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device:
 
             metrics = evaluate_to_dir(method, spec.dataset, spec.data_root, spec.category, Path(tmp), device,
                                       **spec.eval_options)
-        training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True}
+        training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True,
+                    **health}
+        metrics["replica_divergence"] = health["replica_divergence"]
         save_model(Path(tmp) / MODEL_FILE, method, {"training": training})
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         final = {"final": True, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}

@@ -1,0 +1,126 @@
+"""Training on a real local Ray runtime: DDP replicas, all-reduced statistics, surviving a
+killed worker, resuming an interrupted run, and the registered MLflow model scoring alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from logicad.pipelines.checkpoints import read_model_file
+from logicad.pipelines.config import resolve_config
+from logicad.pipelines.train import TrainJob, run_train
+
+TINY = ["image_size=64", "batch_size=2", "max_steps=6", "precision=32"]
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _job(tmp: Path, data: Path, category: str, name: str, **kw) -> TrainJob:
+    sets = kw.pop("sets", TINY)
+    return TrainJob("dfsc", resolve_config("dfsc", sets), "mvtec_loco", str(data), category,
+                    output_dir=str(tmp / name), storage_path=str(tmp / "ray"), run_name=name,
+                    tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", log_every=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def runs(ray_runtime, small_loco, category, tmp_path_factory):
+    """One 2-worker run whose last worker is killed at step 4 (checkpoints every 3 steps),
+    and one single-worker run on the same data and seed."""
+    tmp = tmp_path_factory.mktemp("train")
+    two = run_train(_job(tmp, small_loco, category, "two", workers=2, checkpoint_every=3, max_failures=1,
+                         fault_at_step=4))
+    one = run_train(_job(tmp, small_loco, category, "one", workers=1))
+    return tmp, one, two
+
+
+def test_two_workers_keep_identical_replicas(runs):
+    _, _, two = runs
+    assert two["replica_divergence"] == 0.0
+
+
+def test_prepare_statistics_of_two_workers_equal_one_workers(runs):
+    tmp, _, _ = runs
+    one = read_model_file(tmp / "one" / "model")["state_dict"]
+    two = read_model_file(tmp / "two" / "model")["state_dict"]
+    stats = [k for k in one if "teacher_mean" in k or "teacher_std" in k]
+    assert stats
+    for key in stats:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_worker_is_survived_by_resuming_from_the_checkpoint(runs):
+    tmp, _, two = runs
+    training = read_model_file(tmp / "two" / "model")["training"]
+    assert training["finished"] and training["resumed_from"] == {"stage": 0, "step": 3}
+
+
+def test_results_contract_is_written_with_metrics_and_artifacts(runs):
+    tmp, one, _ = runs
+    record = json.loads((tmp / "one" / "metrics.json").read_text())
+    for key in ("method", "dataset", "category", "image_auroc", "image_auroc_logical", "image_auroc_structural",
+                "pixel_auroc", "spro_0.05", "aupro_0.3", "n_test", "train_seconds", "infer_ms_per_image"):
+        assert key in record
+    assert 0.0 <= record["image_auroc"] <= 1.0 and record["n_test"] == 9
+    assert {"heatmaps.png", "roc_curves.png", "model.pt"} <= {p.name for p in (tmp / "one" / "model").iterdir()}
+
+
+def test_mlflow_run_holds_params_metrics_and_artifacts(runs):
+    from mlflow.tracking import MlflowClient
+
+    tmp, one, _ = runs
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    run = client.get_run(one["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["margin"] == "1.0" and run.data.params["method"] == "dfsc"
+    assert "image_auroc" in run.data.metrics and "train/loss" in run.data.metrics
+    assert {"heatmaps.png", "roc_curves.png", "model.pt", "metrics.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(runs, small_loco, category):
+    tmp, one, _ = runs
+    from logicad.data import scan
+    from logicad.pipelines.mlflow_model import load_method_any
+    from logicad.pipelines.evaluate import score_batches
+    from logicad.data import AnomalyDataset
+
+    paths = [str(s.path) for s in scan("mvtec_loco", small_loco, category, "test")[:4]]
+    method = load_method_any(str(tmp / "one" / "model"))
+    expected = [score for _, _, score in score_batches(method, AnomalyDataset(
+        scan("mvtec_loco", small_loco, category, "test")[:4], method.config.image_size), torch.device("cpu"))]
+    code = (
+        "import json, sys, mlflow.pyfunc, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({one['model_uri']!r})\n"
+        f"out = model.predict(pd.DataFrame({{'path': {paths!r}}}))\n"
+        "print(json.dumps({'scores': out['score'].tolist(), 'map_shape': list(out['map'].shape)}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["map_shape"] == [4, 64, 64]
+    assert out["scores"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_resume_continues_an_interrupted_run_from_its_saved_step(ray_runtime, small_loco, category, tmp_path):
+    interrupted = _job(tmp_path, small_loco, category, "resume", checkpoint_every=3, max_failures=0,
+                       fault_at_step=4, register=False)
+    with pytest.raises(Exception):
+        run_train(interrupted)
+    resumed = _job(tmp_path, small_loco, category, "resume", checkpoint_every=3, resume=True, register=False)
+    run_train(resumed)
+    training = read_model_file(tmp_path / "resume" / "model")["training"]
+    assert training["resumed_from"] == {"stage": 0, "step": 3} and training["step"] == 6
