@@ -174,7 +174,13 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate)
+def add_distill(sub) -> None:
+    from .distill import add_distill_teacher
+
+    add_distill_teacher(sub)
+
+
+COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,13 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from logicad.data.errors import DatasetError
     from logicad.models.base import ConfigError
 
+    from logicad.models.backbones import BackboneWeightsError
+    from logicad.models.distill import TeacherFileError
+
     from .checkpoints import ModelFileError
     from .tracking import TrackingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ConfigError, TrackingError, ModelFileError) as exc:
+    except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError) as exc:
         print(f"logicad: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,59 @@
+"""`logicad distill-teacher`: distil a PDN-S teacher for DFSC from a timm backbone on any image folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from logicad.data import AnomalyDataset, DatasetError, Sample
+from logicad.data.images import is_image_file
+from logicad.data.transforms import train_transform
+
+
+def image_folder_dataset(root: Path, image_size: int, max_images: int) -> AnomalyDataset:
+    """Every image below `root` (recursively, sorted), at most `max_images`, decoded once."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: image folder not found; expected a folder of images (searched recursively)")
+    paths = sorted(p for p in root.rglob("*") if is_image_file(p))[:max_images]
+    if not paths:
+        raise DatasetError(f"{root}: no images found (.png/.jpg/.bmp/.tif), searched recursively")
+    return AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], image_size, train_transform(augment=True))
+
+
+def cmd_distill_teacher(args: argparse.Namespace) -> int:
+    from logicad.models.distill import distill_teacher, save_teacher
+
+    from .cli import synthetic_default
+    from .progress import format_seconds
+
+    root = Path(args.images) if args.images else synthetic_default()[0]
+    dataset = image_folder_dataset(root, 2 * args.image_size, args.max_images)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=len(dataset) > args.batch_size)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    print(f"distilling a PDN-S teacher from {args.backbone} on {len(dataset)} images of {root} "
+          f"for {args.steps} steps on {device}", flush=True)
+    start = time.perf_counter()
+    teacher, history = distill_teacher(loader, args.backbone, args.backbone_weights, args.steps, args.image_size,
+                                       device=device, log_every=max(args.steps // 20, 1))
+    path = save_teacher(args.out, teacher, {"images": str(root)})
+    print(f"teacher written to {path} (final loss {history[-1]:.4f}, "
+          f"{format_seconds(time.perf_counter() - start)}); use it with --set teacher_weights={path}")
+    return 0
+
+
+def add_distill_teacher(sub) -> None:
+    p = sub.add_parser("distill-teacher", help="distil a PDN-S teacher for DFSC from a timm backbone")
+    p.add_argument("--images", default=None, help="folder of images, searched recursively (default: synthetic)")
+    p.add_argument("--backbone", default="wide_resnet101_2", help="any timm model with features_only")
+    p.add_argument("--backbone-weights", default=None, help="local weight file, or 'hub' (default: random init)")
+    p.add_argument("--steps", type=int, default=60000)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-images", type=int, default=20000)
+    p.add_argument("--out", default="teacher.pth")
+    p.add_argument("--cpu", action="store_true")
+    p.set_defaults(func=cmd_distill_teacher)

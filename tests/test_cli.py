@@ -1,0 +1,73 @@
+"""The `logicad` command line: bad input fails in one line before training; distill-teacher
+and evaluate work on files the tests write themselves."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch.utils.data import DataLoader
+
+from logicad.data import load_split
+from logicad.models.base import build_method
+from logicad.pipelines.checkpoints import save_model
+from logicad.pipelines.cli import main
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("logicad: error: ") and "\n" not in err
+    return err
+
+
+def test_train_on_a_missing_dataset_fails_before_ray_starts(capsys, tmp_path):
+    import ray
+
+    code = main(["train", "--data", str(tmp_path / "missing"), "--category", "c", "--output", str(tmp_path / "o")])
+    assert code == 2 and str(tmp_path / "missing") in _one_error_line(capsys)
+    assert not ray.is_initialized() and not (tmp_path / "o").exists()
+
+
+def test_train_with_an_unreachable_mlflow_server_fails_before_training(capsys, small_loco, category, tmp_path):
+    import ray
+
+    code = main(["train", "--data", str(small_loco), "--category", category, "--tracking-uri",
+                 "http://127.0.0.1:9", "--output", str(tmp_path / "o")])
+    err = _one_error_line(capsys)
+    assert code == 2 and "http://127.0.0.1:9" in err and "unreachable" in err
+    assert not ray.is_initialized()
+
+
+def test_distill_teacher_writes_a_teacher_that_dfsc_loads(capsys, small_loco, category, tmp_path):
+    out = tmp_path / "teacher.pth"
+    code = main(["distill-teacher", "--images", str(small_loco / category / "train"), "--backbone", "resnet18",
+                 "--steps", "3", "--image-size", "64", "--batch-size", "2", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    method = build_method("dfsc", image_size=64, teacher_weights=str(out))
+    assert str(out) in method.describe()[0]
+
+
+def test_distill_teacher_on_a_missing_folder_fails_in_one_line(capsys, tmp_path):
+    assert main(["distill-teacher", "--images", str(tmp_path / "none"), "--steps", "1"]) == 2
+    assert str(tmp_path / "none") in _one_error_line(capsys)
+
+
+def test_evaluate_rescores_a_saved_model(capsys, small_loco, category, tmp_path):
+    method = build_method("dfsc", image_size=64)
+    val = load_split("mvtec_loco", small_loco, category, "validation", 64)
+    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
+    method.finalize(DataLoader(val, batch_size=4))
+    save_model(tmp_path / "model" / "model.pt", method)
+    code = main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(small_loco), "--category", category,
+                 "--output", str(tmp_path / "eval"), "--cpu"])
+    assert code == 0
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert record["method"] == "dfsc" and record["n_test"] == 9 and 0 <= record["image_auroc"] <= 1
+    assert (tmp_path / "eval" / "heatmaps.png").is_file()
+
+
+def test_evaluate_on_a_file_that_is_no_model_fails_in_one_line(capsys, tmp_path):
+    bad = tmp_path / "model.pt"
+    torch.save({"weights": 1}, bad)
+    assert main(["evaluate", "--model", str(bad), "--data", str(tmp_path), "--category", "c"]) == 2
+    assert "not a logicad model file" in _one_error_line(capsys)
