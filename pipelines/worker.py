@@ -83,12 +83,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
     logger = _step_logger(spec) if rank == 0 else None
+    rates = []
     for index in range(state["stage"], len(stages)):
         start = state["step"] if index == state["stage"] else 0
-        _run_stage(spec, method, ddp, stages, index, start, train_set, device, logger, fault)
+        rates.append(_run_stage(spec, method, ddp, stages, index, start, train_set, device, logger, fault))
     method.finalize(_stats_loader(val_set, config, device), collective)
     health = {"resumed_from": None if first_attempt else {"stage": state["stage"], "step": state["step"]},
-              "replica_divergence": replica_divergence(method, collective)}
+              "replica_divergence": replica_divergence(method, collective),
+              "train_images_per_second": rates[-1] * config.batch_size * world_size if rates else None}
     _report_final(spec, method, stages, device, health)
 
 
@@ -127,7 +129,8 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start: int,
-               train_set, device, logger, fault: int = 0) -> None:
+               train_set, device, logger, fault: int = 0) -> float:
+    """Train one stage from `start`; returns its steps per second."""
     stage, config = stages[index], method.config
     rank, world_size = world()
     steps_per_epoch = max(1, len(train_set) // (world_size * config.batch_size))
@@ -156,6 +159,7 @@ def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps:
             _report_checkpoint(method, stages, index, done, values)
+    return progress.rate
 
 
 def _die(delay: float = 5.0) -> None:
@@ -228,7 +232,7 @@ def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device:
                                       **spec.eval_options)
         training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True,
                     **health}
-        metrics["replica_divergence"] = health["replica_divergence"]
+        metrics.update({k: health[k] for k in ("replica_divergence", "train_images_per_second")})
         save_model(Path(tmp) / MODEL_FILE, method, {"training": training})
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         final = {"final": True, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
