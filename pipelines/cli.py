@@ -174,13 +174,74 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+# --- tune -------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .search_space import load_space
+    from .train import TrainJob
+    from .tune import TuneJob, run_tune
+
+    space = load_space(args.space, args.method)
+    if args.objective:
+        space.objective = args.objective
+    data, category = args.data, args.category
+    if data is None:
+        data, default_category = synthetic_default()
+        category = category or default_category
+    config = resolve_config(args.method, [f"{k}={v}" for k, v in space.fixed.items()], None, space.preset)
+    storage, filesystem = _storage(args)
+    job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
+                   storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000)
+    if args.workers_per_trial != 1:
+        print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
+    name = args.name or f"sweep-{args.method}-{category or args.dataset}"
+    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume), name)
+    print(f"best trial of {name}: {space.metric} {record['best_objective']:.4f} ({space.objective} objective), "
+          f"params {record['best_params']}")
+    print_headline({**record, "train_seconds": None})
+    print(f"best config written to {Path(args.output) / 'best_config.yaml'} (logicad train --config FILE)")
+    return 0
+
+
+def _storage(args: argparse.Namespace):
+    """(storage path, pyarrow filesystem or None); s3:// is checked before anything runs."""
+    if not args.storage.startswith("s3://"):
+        return args.storage, None
+    from .storage import S3Settings, preflight_s3, ray_storage
+
+    settings = S3Settings.from_env(args.s3_endpoint_url)
+    preflight_s3(args.storage, settings)
+    return ray_storage(args.storage, settings)
+
+
+def add_tune(sub) -> None:
+    from .objective import OBJECTIVES
+
+    p = sub.add_parser("tune", help="Ray Tune sweep over a method's config keys, tracked in MLflow")
+    p.add_argument("--method", default="dfsc")
+    _data_args(p)
+    p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/<method>.yaml)")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="synthetic (leak-free, default) or test (paper-style; leaks the test set)")
+    p.add_argument("--storage", default="ray_results", help="local dir or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--name", default=None, help="sweep name (resume uses it)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    p.add_argument("--output", default="outputs/tune")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_tune)
+
+
 def add_distill(sub) -> None:
     from .distill import add_distill_teacher
 
     add_distill_teacher(sub)
 
 
-COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill)
+COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill,
+                                  add_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,5 +116,42 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def find_or_start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
+                      tags: dict[str, str]) -> str:
+    """The run tagged `logicad.sweep` = run_name (a resumed sweep), else a new one."""
+    runs = _client(uri).search_runs([experiment_id(uri, experiment)],
+                                    filter_string=f"tags.`logicad.sweep` = '{run_name}'", max_results=1)
+    if runs:
+        _client(uri).update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+    return start_run(uri, experiment, run_name, params, tags)
+
+
+def _children(uri: str, parent_run_id: str, extra: str = ""):
+    client = _client(uri)
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra}" if extra else "")
+    return client.search_runs([experiment], filter_string=query, max_results=1000)
+
+
+def trial_run_id(tracking_uri: str, parent_run_id: str, trial_path: str | None = None,
+                 trial_id: str | None = None) -> str | None:
+    """The child run of a sweep's trial, found by its trial id or its storage path."""
+    for run in _children(tracking_uri, parent_run_id):
+        tags = run.data.tags
+        if trial_id is not None and tags.get("logicad.trial_id") == trial_id:
+            return run.info.run_id
+        if trial_path is not None and str(trial_path).rstrip("/").endswith(
+                tags.get("logicad.trial_path", "\0").rstrip("/").split("/")[-1]):
+            return run.info.run_id
+    return None
+
+
+def end_orphan_children(uri: str, parent_run_id: str) -> None:
+    """Trials that ASHA stopped never report completion: close their runs as KILLED."""
+    for run in _children(uri, parent_run_id, "attributes.status = 'RUNNING'"):
+        end_run(uri, run.info.run_id, "KILLED")
+
+
 def registered_name(method: str, category: str | None) -> str:
     return f"logicad-{method}-{category or 'default'}"

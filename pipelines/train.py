@@ -64,6 +64,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every progress line prints twice
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:  # the dashboard serves the state API that Ray Train's clean-up polls

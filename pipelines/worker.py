@@ -1,10 +1,11 @@
-"""The training loop every Ray Train worker runs, for any registered method.
+"""The training loop every Ray Train worker (and every Ray Tune trial) runs, for any method.
 
 Life cycle per worker: build the method, `prepare` (statistics all-reduced), wrap in
 DDP (`ray.train.torch.prepare_model`), run each stage's steps on a distributed
-sampler, report a checkpoint every K steps, `finalize` (statistics gathered), and
-on rank 0 score the test split. A restarted worker group resumes from the latest
-reported checkpoint (`ray.train.get_checkpoint`).
+sampler, report a checkpoint every K steps (with the tuning objective when asked),
+`finalize` (statistics gathered), and on rank 0 score the test split. A restarted
+worker group resumes from the latest reported checkpoint. The `session` decides
+whether this runs under Ray Train or Ray Tune.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import ray.train
-import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -31,6 +30,7 @@ from logicad.models.base import Method, Stage, build_method, method_class
 from .checkpoints import MODEL_FILE, read_model_file, save_model
 from .distributed import DeviceLoader, TorchCollective, shard, world
 from .progress import Progress
+from .session import TrainSession, TuneSession
 
 
 @dataclass
@@ -50,6 +50,9 @@ class WorkerSpec:
     eval_options: dict[str, Any] = field(default_factory=dict)
     #: chaos testing: the last rank kills its own process at this step on the first attempt
     fault_at_step: int = 0
+    #: tuning objective reported with every checkpoint: "synthetic" (leak-free), "test", or None
+    objective: str | None = None
+    objective_seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,9 +60,19 @@ class WorkerSpec:
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """`train_loop_per_worker` of the TorchTrainer."""
-    spec = WorkerSpec(**loop_config)
+    run_loop(WorkerSpec(**loop_config), TrainSession())
+
+
+def tune_trial(trial_config: dict[str, Any]) -> None:
+    """Tune function trainable: the spec with the trial's sampled config keys."""
+    spec = WorkerSpec(**trial_config["spec"])
+    spec.config = {**spec.config, **trial_config["params"]}
+    run_loop(spec, TuneSession())
+
+
+def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     rank, world_size = world()
-    device = ray.train.torch.get_device()
+    device = session.device()
     config = method_class(spec.method).config_cls.build(spec.config)
     torch.manual_seed(config.seed)  # identical initial replicas (DDP also broadcasts rank 0's)
     method = build_method(spec.method, config).to(device)
@@ -68,7 +81,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     train_set = load_split(spec.dataset, spec.data_root, spec.category, "train", config.image_size, train_transform())
     val_set = load_split(spec.dataset, spec.data_root, spec.category, "validation", config.image_size)
     collective = TorchCollective()
-    state = _restore(method)
+    state = _restore(method, session)
     first_attempt = state is None
     if first_attempt:
         if rank == 0:
@@ -76,9 +89,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 print(f"[{spec.method}] {line}", flush=True)
         method.prepare(_stats_loader(train_set, config, device), collective)
         state = {"stage": 0, "step": 0}
-    ddp = ray.train.torch.prepare_model(
-        method, parallel_strategy_kwargs={"find_unused_parameters": method.find_unused_parameters}
-    )
+    ddp = session.prepare_model(method, method.find_unused_parameters)
     stages = method.stages()
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
@@ -86,12 +97,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rates = []
     for index in range(state["stage"], len(stages)):
         start = state["step"] if index == state["stage"] else 0
-        rates.append(_run_stage(spec, method, ddp, stages, index, start, train_set, device, logger, fault))
+        rates.append(_run_stage(spec, session, method, ddp, stages, index, start, train_set, val_set, device,
+                                logger, fault))
     method.finalize(_stats_loader(val_set, config, device), collective)
+    objective = _objective(spec, method, val_set, device)
     health = {"resumed_from": None if first_attempt else {"stage": state["stage"], "step": state["step"]},
               "replica_divergence": replica_divergence(method, collective),
-              "train_images_per_second": rates[-1] * config.batch_size * world_size if rates else None}
-    _report_final(spec, method, stages, device, health)
+              "train_images_per_second": rates[-1] * config.batch_size * world_size if rates else None,
+              **objective}
+    _report_final(spec, session, method, stages, device, health)
 
 
 def replica_divergence(method: Method, collective) -> float:
@@ -108,13 +122,13 @@ def _stats_loader(dataset, config, device) -> DeviceLoader:
     return DeviceLoader(loader, device)
 
 
-def _batches(dataset, config, device, epoch: int) -> Iterator[dict]:
+def _batches(session: TrainSession, dataset, config, device, epoch: int) -> Iterator[dict]:
     """Endless shuffled batches of this worker's share, reshuffled each epoch."""
     rank, world_size = world()
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                         drop_last=len(dataset) // world_size >= config.batch_size)
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=True)
+    loader = session.prepare_loader(loader, device)
     while True:
         sampler.set_epoch(epoch)
         yield from loader
@@ -128,13 +142,13 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start: int,
-               train_set, device, logger, fault: int = 0) -> float:
+def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[Stage], index: int, start: int,
+               train_set, val_set, device, logger, fault: int = 0) -> float:
     """Train one stage from `start`; returns its steps per second."""
     stage, config = stages[index], method.config
     rank, world_size = world()
     steps_per_epoch = max(1, len(train_set) // (world_size * config.batch_size))
-    batches = _batches(train_set, config, device, epoch=start // steps_per_epoch)
+    batches = _batches(session, train_set, config, device, epoch=start // steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16" and device.type == "cuda")
     progress = Progress(f"{spec.method}:{stage.name}", stage.steps, start, enabled=rank == 0)
     ddp.train()
@@ -158,7 +172,8 @@ def _run_stage(spec, method: Method, ddp, stages: list[Stage], index: int, start
             logger(step + 1 + _offset(stages, index), values, progress.rate)
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps:
-            _report_checkpoint(method, stages, index, done, values)
+            values = {**values, **_objective(spec, method, val_set, device)}
+            _report_checkpoint(session, method, stages, index, done, values)
     return progress.rate
 
 
@@ -189,20 +204,36 @@ def _load_training_state(stages: list[Stage], state: dict[str, Any]) -> None:
             stage.scheduler.load_state_dict(sched)
 
 
-def _report_checkpoint(method: Method, stages: list[Stage], index: int, step: int, values: dict) -> None:
+def _report_checkpoint(session: TrainSession, method: Method, stages: list[Stage], index: int, step: int,
+                       values: dict) -> None:
     """All ranks report (it is a barrier); rank 0 attaches the checkpoint."""
     metrics = {"stage": stages[index].name, "step": step + _offset(stages, index), **values}
     if world()[0] != 0:
-        ray.train.report(metrics, checkpoint=None)
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_model(Path(tmp) / MODEL_FILE, method, {"training": _training_state(stages, index, step)})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, Path(tmp))
 
 
-def _restore(method: Method) -> dict[str, Any] | None:
+def _objective(spec: WorkerSpec, method: Method, val_set, device: torch.device) -> dict[str, float]:
+    """The tuning objective at this point of training (all ranks finalize; rank 0 scores)."""
+    if not spec.objective:
+        return {}
+    from .objective import objective_metrics
+
+    method.finalize(_stats_loader(val_set, method.config, device), TorchCollective())
+    if world()[0] != 0:
+        return {}
+    result = objective_metrics(method, spec.objective, spec.dataset, spec.data_root, spec.category, val_set,
+                               device, spec.objective_seed)
+    method.train()
+    return result
+
+
+def _restore(method: Method, session: TrainSession) -> dict[str, Any] | None:
     """Load the latest reported checkpoint into `method`; its training state, or None."""
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
@@ -217,11 +248,11 @@ def _restore(method: Method) -> dict[str, Any] | None:
     return state
 
 
-def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device: torch.device,
-                  health: dict[str, Any]) -> None:
+def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stages: list[Stage],
+                  device: torch.device, health: dict[str, Any]) -> None:
     """Rank 0 scores the test split and reports the final checkpoint with metrics and plots."""
     if world()[0] != 0:
-        ray.train.report({"final": True}, checkpoint=None)
+        session.report({"final": True}, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         metrics: dict[str, Any] = {}
@@ -232,11 +263,11 @@ def _report_final(spec: WorkerSpec, method: Method, stages: list[Stage], device:
                                       **spec.eval_options)
         training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True,
                     **health}
-        metrics.update({k: health[k] for k in ("replica_divergence", "train_images_per_second")})
+        metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
         save_model(Path(tmp) / MODEL_FILE, method, {"training": training})
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         final = {"final": True, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(final, Path(tmp))
 
 
 def _step_logger(spec: WorkerSpec):

@@ -1,0 +1,153 @@
+"""`logicad tune`: a Ray Tune sweep over a method's config keys, tracked in MLflow.
+
+Every trial runs the same loop as `logicad train` (`worker.tune_trial`) and reports the
+leak-free objective every `report_every` steps with a checkpoint, so ASHA can stop weak
+trials early and an interrupted sweep resumes (`--resume`, `Tuner.restore`). MLflow
+gets one parent run for the sweep and one nested child run per trial; the best trial
+is scored on the test split, its model registered, its config written as YAML that
+`logicad train --config` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import tracking
+from .checkpoints import MODEL_FILE, load_model
+from .config import flatten
+from .search_space import SearchSpace, to_tune
+from .train import TrainJob, check_inputs, ensure_ray
+from .tune_tracking import MlflowTrialRuns
+from .worker import WorkerSpec, tune_trial
+
+
+@dataclass
+class TuneJob:
+    job: TrainJob  # data, storage, tracking; its config is the base every trial starts from
+    space: SearchSpace
+    num_samples: int | None = None
+    storage_filesystem: Any = None  # pyarrow filesystem for s3:// storage
+    resume: bool = False
+
+
+def _scheduler(space: SearchSpace, max_reports: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    options = dict(space.scheduler)
+    if options.pop("type", "asha") == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
+                         grace_period=int(options.get("grace_period", 1)),
+                         reduction_factor=float(options.get("reduction_factor", 2)))
+
+
+def _search(space: SearchSpace):
+    from ray.tune.search import ConcurrencyLimiter
+
+    if space.search.get("algorithm", "random") != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ConcurrencyLimiter(OptunaSearch(seed=int(space.search.get("seed", 0))),
+                              max_concurrent=int(space.budget_value("max_concurrent", 2)))
+
+
+def _trainable(space: SearchSpace):
+    from ray import tune
+
+    resources = {"cpu": float(space.budget_value("cpu_per_trial", 1)),
+                 "gpu": float(space.budget_value("gpu_per_trial", 0))}
+    return tune.with_resources(tune_trial, resources)
+
+
+def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list):
+    """A new Tuner, or the interrupted one restored from its storage."""
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig
+
+    space, job = tj.space, tj.job
+    storage = job.storage_path if tj.storage_filesystem else str(Path(job.storage_path).absolute())
+    run_config = RunConfig(name=name, storage_path=storage, storage_filesystem=tj.storage_filesystem,
+                           callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+    if tj.resume:
+        path = f"{storage.rstrip('/')}/{name}"
+        return tune.Tuner.restore(path, trainable=_trainable(space), resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=tj.storage_filesystem)
+    max_reports = job.config.max_steps // max(spec.checkpoint_every, 1) + 1
+    tune_config = TuneConfig(metric=space.metric, mode=space.mode, scheduler=_scheduler(space, max_reports),
+                             search_alg=_search(space), num_samples=tj.num_samples or space.budget_value(
+                                 "num_samples", 8), max_concurrent_trials=int(space.budget_value("max_concurrent", 2)))
+    return tune.Tuner(_trainable(space), param_space={"spec": spec.to_dict(), "params": to_tune(space)},
+                      tune_config=tune_config, run_config=run_config)
+
+
+def run_tune(tj: TuneJob, name: str) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns the best trial's record."""
+    job, space = tj.job, tj.space
+    check_inputs(job)
+    uri = job.tracking_uri or tracking.default_tracking_uri()
+    tracking.preflight(uri)
+    ensure_ray()
+    parent = tracking.find_or_start_run(uri, job.experiment, name, {
+        **flatten("space", space.space), **flatten("fixed", space.fixed), "method": job.method,
+        "objective": space.objective, "metric": space.metric, "category": job.category, "preset": space.preset},
+        {"logicad.sweep": name, "objective": space.objective})
+    spec = WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
+                      data_root=str(Path(job.data_root).absolute()), category=job.category,
+                      checkpoint_every=int(space.budget_value("report_every", 50)), log_every=job.log_every,
+                      evaluate=False, objective=space.objective)
+    results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)]).fit()
+    tracking.end_orphan_children(uri, parent)
+    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    return _finish(tj, uri, parent, best, name)
+
+
+def best_config(tj: TuneJob, params: dict[str, Any]) -> dict[str, Any]:
+    """The whole config of the best trial (base + sampled keys)."""
+    return tj.job.config.replace(**params).to_dict()
+
+
+def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, Any]:
+    """Score the best trial on the test split, register its model, write the best config."""
+    from .evaluate import evaluate_to_dir
+    from .mlflow_model import log_and_register
+
+    import mlflow
+    import torch
+
+    job = tj.job
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = best_config(tj, best.config["params"])
+    (out / "best_config.yaml").write_text(yaml.safe_dump({"method": job.method, "config": config}))
+    with tempfile.TemporaryDirectory() as tmp:
+        best.checkpoint.to_directory(tmp)
+        method = load_model(Path(tmp) / MODEL_FILE)
+        metrics = evaluate_to_dir(method, job.dataset, job.data_root, job.category, Path(tmp), torch.device("cpu"))
+        record = {"method": job.method, "dataset": job.dataset, "category": job.category, **metrics,
+                  "objective": tj.space.objective, "best_objective": best.metrics.get(tj.space.metric),
+                  "best_params": best.config["params"], "sweep": name}
+        (Path(tmp) / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
+        child = tracking.trial_run_id(uri, parent, best.path)
+        tracking.log_results(uri, child or parent, {**metrics, "best_objective": record["best_objective"]}, Path(tmp))
+        mlflow.set_tracking_uri(uri)
+        if job.register:
+            record["model_uri"] = log_and_register(child or parent, Path(tmp) / MODEL_FILE,
+                                                   tracking.registered_name(job.method, job.category))
+    tracking.log_results(uri, parent, {"best_objective": record["best_objective"]}, None)
+    _client_log_artifact(uri, parent, out / "best_config.yaml")
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
+    tracking.end_run(uri, parent)
+    return record
+
+
+def _client_log_artifact(uri: str, run_id: str, path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).log_artifact(run_id, str(path))
