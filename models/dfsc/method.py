@@ -1,0 +1,442 @@
+"""DFSC (EfficientAD-S + distinctive feature separation constraint) behind the Method contract.
+
+Spec: /work/shared/METHODS.md, section DFSC. Paper defaults in `DFSCConfig`; the
+`cpu-synthetic` preset is a smaller setting for the synthetic dataset on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Collective, ConfigError, Method, MethodConfig, Stage, register
+from ..pdn import pdn_output_size
+from . import loss as L
+from . import scoring
+from .sparse_grad import sparse_grad_conv2d
+from .network import Autoencoder, PDNSmall, decoder_sizes
+from .teacher_cache import TeacherCache
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _cpu_bf16() -> str:
+    """"bf16" where the CPU computes bf16 natively (avx512_bf16 / AMX), else "32" (emulated
+    bf16 is slower than float32)."""
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # older torch: no probe
+        native = False
+    return "bf16" if native else "32"
+
+
+@dataclass
+class DFSCConfig(MethodConfig):
+    """DFSC's keys; the defaults are the paper's settings (METHODS.md)."""
+
+    image_size: int = 256
+    batch_size: int = 1
+    max_steps: int = 70000
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    #: DFSC hinge margin (0..2; d = ||T^ - A^|| is in [0, 2])
+    margin: float = 1.0
+    #: weight of L_dfsc in the total loss
+    alpha: float = 2.0
+    #: quantile of D_TA that selects the "distinctive" locations (DFSC mask)
+    quantile: float = 0.999
+    #: quantile of (T - S)^2 that selects the elements of L_hard
+    hard_quantile: float = 0.999
+    #: D_TA averaged over channels per location ("channel") or per element ("element")
+    dfsc_reduction: str = "channel"
+    #: momentum of the student EMA used for scoring
+    ema_momentum: float = 0.99
+    #: Ma & Yarats' untuned exponential warm-up: factor 1 - exp(-(1 - beta2) * step)
+    warmup_beta2: float = 0.997
+    #: the last fraction of steps runs at lr x 0.1
+    lr_drop_fraction: float = 0.1
+    out_channels: int = 384
+    #: quantiles of normal validation maps used to normalise map_st and map_ae
+    map_q_low: float = 0.9
+    map_q_high: float = 0.995
+    #: teacher file (distill-teacher output or a PDN-S state dict); "" = random-init teacher
+    teacher_weights: str = ""
+    #: folder of ImageNet-style images for EfficientAD's penalty; "" = off (DFSC drops it)
+    penalty_dir: str = ""
+    penalty_weight: float = 1.0
+    #: memory for caching teacher features of training images (DFSC uses no augmentation); 0 = off
+    teacher_cache_mb: int = 2048
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # 2 CPU cores, minutes: 128 px (24 x 24 maps, ~1/4 of the work of 256 px), batch 4,
+        # a higher lr and a warm-up of ~60 steps (beta2 0.95) so that a few hundred steps
+        # get past it; bf16 autocast where the CPU has native bf16 (halves the step time;
+        # scores match float32 to a correlation of 0.99999), else float32.
+        "cpu-synthetic": {
+            "image_size": 128,
+            "batch_size": 4,
+            "max_steps": 300,
+            "lr": 2e-4,
+            "warmup_beta2": 0.95,
+            "precision": _cpu_bf16(),
+        },
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **MethodConfig.CHOICES,
+        "dfsc_reduction": ("channel", "element"),
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        if pdn_output_size(self.image_size) < 1:
+            smallest = next(s for s in range(1, 1024) if pdn_output_size(s) >= 1)
+            raise ConfigError(f"config key 'image_size' must be >= {smallest} for PDN-S, got {self.image_size}")
+        checks = [
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("margin", 0.0 <= self.margin <= 2.0, "in [0, 2]"),
+            ("alpha", self.alpha >= 0, ">= 0"),
+            ("quantile", 0.0 <= self.quantile <= 1.0, "in [0, 1]"),
+            ("hard_quantile", 0.0 <= self.hard_quantile <= 1.0, "in [0, 1]"),
+            ("ema_momentum", 0.0 <= self.ema_momentum < 1.0, "in [0, 1)"),
+            ("warmup_beta2", 0.0 <= self.warmup_beta2 < 1.0, "in [0, 1)"),
+            ("lr_drop_fraction", 0.0 <= self.lr_drop_fraction <= 1.0, "in [0, 1]"),
+            ("out_channels", self.out_channels > 0, "> 0"),
+            ("map_q_low", 0.0 <= self.map_q_low < 1.0, "in [0, 1)"),
+            ("map_q_high", self.map_q_low < self.map_q_high <= 1.0, "in (map_q_low, 1]"),
+            ("penalty_weight", self.penalty_weight >= 0, ">= 0"),
+            ("teacher_cache_mb", self.teacher_cache_mb >= 0, ">= 0"),
+        ]
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+
+
+def lr_factor(step: int, steps: int, beta2: float, drop_fraction: float) -> float:
+    """Exponential warm-up (Ma & Yarats 2021) x 0.1 for the last `drop_fraction` of steps.
+
+    `step` counts optimizer steps from 0; the warm-up uses t = step + 1 so the first
+    update is not zero: 1 - exp(-(1 - beta2) * t) (~0.95 at t = 1 / (1 - beta2) * 3).
+    """
+    warmup = 1.0 - math.exp(-(1.0 - beta2) * (step + 1)) if beta2 > 0 else 1.0
+    drop_start = steps - int(round(drop_fraction * steps))
+    return warmup * (0.1 if step >= drop_start else 1.0)
+
+
+@register
+class DFSC(Method):
+    """EfficientAD-S with DFSC: PDN-S teacher (frozen) and student (768 out), an
+    autoencoder with InstanceNorm, L_hard + L_ae + L_stae + alpha * L_dfsc, an EMA
+    student for scoring and sigmoid-normalised maps.
+    """
+
+    name = "dfsc"
+    config_cls = DFSCConfig
+    config: DFSCConfig
+    #: S_st's backward from L_hard's non-zero entries only (identical gradients; off for speed ablations)
+    sparse_hard_backward: bool = True
+
+    def __init__(self, config: DFSCConfig | None = None) -> None:
+        super().__init__(config or DFSCConfig())
+        c = self.config
+        self.feature_size = pdn_output_size(c.image_size)
+        self.teacher = PDNSmall(c.out_channels)
+        self.student = PDNSmall(2 * c.out_channels)
+        self.autoencoder = Autoencoder(c.image_size, c.out_channels)
+        self.student_ema = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False).eval()
+        self.student_ema.requires_grad_(False)
+        self.register_buffer("teacher_mean", torch.zeros(c.out_channels))
+        self.register_buffer("teacher_std", torch.ones(c.out_channels))
+        self.register_buffer("prepared", torch.tensor(False))
+        self.register_buffer("q_st", torch.tensor([0.0, 1.0]))
+        self.register_buffer("q_ae", torch.tensor([0.0, 1.0]))
+        self.register_buffer("finalized", torch.tensor(False))
+        self.cache = TeacherCache(c.teacher_cache_mb * 2**20)
+        self._teacher_info = "random init (no --teacher-weights given)"
+        self._teacher_error: str | None = None
+        self._penalty: PenaltyImages | None = None
+        self._warned_unfinalized = False
+        if c.teacher_weights:
+            self._load_teacher(c.teacher_weights)
+
+    # --- teacher ----------------------------------------------------------------------
+    def _load_teacher(self, path: str) -> None:
+        from ..distill import read_teacher_file
+
+        if not Path(path).exists():
+            # Not fatal here: a saved model carries its teacher in the state dict, so scoring
+            # works where the file is gone. Training without it fails in `prepare`.
+            self._teacher_error = f"{path}: teacher weights file not found; expected a file written by " \
+                                  f"`logicad distill-teacher` (save_teacher) or a PDN-S state dict"
+            self._teacher_info = f"from {path} (MISSING: loaded only from a saved model's state dict)"
+            return
+        payload = read_teacher_file(path, self.config.out_channels)  # TeacherFileError naming the path
+        self.teacher.load_state_dict(payload["state_dict"])
+        meta = payload.get("meta") or {}
+        origin = ", ".join(f"{k} {meta[k]}" for k in ("backbone", "backbone_weights", "steps") if meta.get(k))
+        self._teacher_info = f"PDN-S from {path}" + (f" (distilled: {origin})" if origin else "")
+
+    def _teacher_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen teacher, normalised per channel: B x C x P x P float32 (no graph)."""
+        with torch.no_grad():
+            out = self.teacher(images).float()
+            return (out - self.teacher_mean[:, None, None]) / self.teacher_std[:, None, None]
+
+    def _training_teacher(self, batch: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
+        index = batch.get("index")
+        if index is None or not self.cache.enabled:
+            return self._teacher_features(images)
+        return self.cache.lookup(images, torch.as_tensor(index), self._teacher_features)
+
+    # --- life cycle -------------------------------------------------------------------
+    def prepare(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
+        """Teacher channel mean/std over the training images (sums all-reduced)."""
+        if self._teacher_error:
+            raise FileNotFoundError(self._teacher_error)
+        c = self.config.out_channels
+        device = self.teacher_mean.device
+        total = torch.zeros(2 * c + 1, dtype=torch.float64, device=device)
+        self.teacher.eval()
+        with torch.inference_mode(), _no_autocast(device):
+            for batch in loader:
+                out = self.teacher(self._input(batch["image"])).double()
+                total[:c] += out.sum(dim=(0, 2, 3))
+                total[c:2 * c] += out.pow(2).sum(dim=(0, 2, 3))
+                total[2 * c] += out.shape[0] * out.shape[2] * out.shape[3]
+        total = collective.sum(total)
+        count = float(total[2 * c])
+        if count == 0:
+            raise ValueError("DFSC.prepare got no training images")
+        mean = total[:c] / count
+        var = (total[c:2 * c] / count - mean.pow(2)).clamp_min(0.0)
+        self.teacher_mean.copy_(mean.float())
+        self.teacher_std.copy_(var.sqrt().clamp_min(1e-8).float())
+        self.prepared.fill_(True)
+        self.cache.clear()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.student.parameters(), *self.autoencoder.parameters()]
+
+    def stages(self) -> list[Stage]:
+        c = self.config
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        steps = c.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, steps, c.warmup_beta2, c.lr_drop_fraction)
+        )
+        self._penalty_images()  # a bad penalty_dir fails here, before training
+        return [Stage("train", steps, optimizer, scheduler)]
+
+    def _penalty_images(self) -> "PenaltyImages | None":
+        c = self.config
+        if c.penalty_dir and self._penalty is None:
+            self._penalty = PenaltyImages(c.penalty_dir, c.image_size, c.seed)
+        return self._penalty
+
+    def training_step(self, batch: dict[str, Any], stage: str = "train") -> dict[str, torch.Tensor]:
+        c = self.config
+        if not bool(self.prepared):
+            raise RuntimeError("DFSC.training_step before prepare(): the teacher statistics are missing")
+        images = self._input(batch["image"])
+        teacher = self._training_teacher(batch, images)  # B x C x P x P, float32
+        s_st, s_ae = self._student_halves(images)  # one forward serves both halves, B x C x P x P each
+        ae = self.autoencoder(images).float()
+        l_hard = L.hard_loss((teacher - s_st).pow(2), c.hard_quantile)
+        d_ta = (teacher - ae).pow(2)
+        l_ae = d_ta.mean()
+        l_stae = (ae - s_ae).pow(2).mean()
+        l_dfsc = L.dfsc_loss(teacher, ae, d_ta.detach(), c.quantile, c.margin, c.dfsc_reduction)
+        loss = l_hard + l_ae + l_stae + c.alpha * l_dfsc
+        out = {"l_hard": l_hard, "l_ae": l_ae, "l_stae": l_stae, "l_dfsc": l_dfsc}
+        penalty = self._penalty_images()
+        if penalty is not None:
+            penalty_images = penalty.sample(images.shape[0]).to(images.device, images.dtype)
+            penalty_images = self._input(penalty_images)
+            conv4 = self.student.conv4  # only S_st is penalised: skip the other half of the last conv
+            s_st = F.conv2d(self._student_trunk(penalty_images), conv4.weight[: c.out_channels],
+                            conv4.bias[: c.out_channels])
+            l_penalty = L.penalty_loss(s_st.float())
+            loss = loss + c.penalty_weight * l_penalty
+            out["l_penalty"] = l_penalty
+        return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
+
+    def _student_halves(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_st, S_ae) of the live student in float32, from one shared trunk.
+
+        The last conv is split by output half: S_st's gradient comes only from L_hard's
+        0.1% of elements, so its backward uses `sparse_grad_conv2d` (same gradients).
+        """
+        c, x = self.config.out_channels, self._student_trunk(images)
+        weight, bias = self.student.conv4.weight, self.student.conv4.bias
+        if self.sparse_hard_backward:
+            s_st = sparse_grad_conv2d(x, weight[:c], bias[:c])
+        else:
+            s_st = F.conv2d(x, weight[:c], bias[:c])
+        s_ae = F.conv2d(x, weight[c:], bias[c:])
+        return s_st.float(), s_ae.float()
+
+    def _student_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The live student up to its last conv: B x 256 x (P + 3) x (P + 3)."""
+        s = self.student
+        x = s.pool(s.act(s.conv1(images)))
+        x = s.pool(s.act(s.conv2(x)))
+        return s.act(s.conv3(x))
+
+    @torch.no_grad()
+    def after_step(self, stage: str = "train") -> None:
+        """EMA of the student (momentum `ema_momentum`), used for scoring."""
+        ema = list(self.student_ema.parameters())
+        live = [p.detach() for p in self.student.parameters()]
+        torch._foreach_lerp_(ema, live, 1.0 - self.config.ema_momentum)
+
+    def finalize(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
+        """Map quantiles (map_q_low, map_q_high) of map_st and map_ae over normal validation images."""
+        rows_st, rows_ae = [], []
+        for batch in loader:
+            images = batch["image"]
+            if "label" in batch:
+                keep = torch.as_tensor(batch["label"]).to(images.device) == 0
+                images = images[keep]
+            if images.shape[0] == 0:
+                continue
+            map_st, map_ae = self.raw_maps(images)
+            rows_st.append(map_st.flatten(1))
+            rows_ae.append(map_ae.flatten(1))
+        empty = self.q_st.new_zeros((0, self.feature_size**2))
+        all_st = collective.cat(torch.cat(rows_st) if rows_st else empty)
+        all_ae = collective.cat(torch.cat(rows_ae) if rows_ae else empty)
+        if all_st.shape[0] == 0:
+            raise ValueError("DFSC.finalize got no normal validation images (label 0)")
+        qs = (self.config.map_q_low, self.config.map_q_high)
+        self.q_st.copy_(torch.stack([L.quantile(all_st.float(), q) for q in qs]))
+        self.q_ae.copy_(torch.stack([L.quantile(all_ae.float(), q) for q in qs]))
+        self.finalized.fill_(True)
+
+    # --- scoring --------------------------------------------------------------------
+    def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map_st, map_ae), B x P x P, with the EMA student; no dropout; inference mode."""
+        size = self.config.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"DFSC was built for B x 3 x {size} x {size} images (image_size {size}), "
+                             f"got {tuple(images.shape)}")
+        images = self._input(images)
+        with torch.inference_mode(), _eval(self.autoencoder), self._scoring_autocast(images.device):
+            teacher = self._teacher_features(images)
+            student = self.student_ema(images)
+            ae = self.autoencoder(images)
+            return scoring.difference_maps(teacher, student, ae)
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S (S = image_size) -> B x 1 x S x S in (0, 1); uses the EMA student."""
+        if not bool(self.finalized) and not self._warned_unfinalized:
+            log.warning("DFSC.anomaly_map before finalize(): maps are not quantile-normalised")
+            self._warned_unfinalized = True
+        map_st, map_ae = self.raw_maps(images)
+        with torch.inference_mode():
+            return scoring.combine(map_st, map_ae, self.q_st, self.q_ae, tuple(images.shape[-2:]))
+
+    def _scoring_autocast(self, device: torch.device):
+        precision = self.config.precision
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "16" and device.type == "cuda":
+            return torch.autocast(device.type, dtype=torch.float16)
+        return _no_autocast(device)
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images on the model's device, in the memory format of its convolutions."""
+        weight = self.student.conv1.weight
+        images = images.to(weight.device)
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    # --- state ----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "DFSC":
+        super().train(mode)
+        self.teacher.eval()  # frozen: always eval
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._teacher_error = None  # the teacher comes from the state dict
+        self.cache.clear()
+        return result
+
+    def describe(self) -> list[str]:
+        c = self.config
+        lines = [f"teacher: {self._teacher_info}",
+                 f"image {c.image_size} px -> feature maps {self.feature_size}x{self.feature_size}; "
+                 f"decoder upsample sizes {list(decoder_sizes(c.image_size))}"]
+        if self.cache.enabled:
+            lines.append(f"teacher features of training images cached (no augmentation), up to "
+                         f"{c.teacher_cache_mb} MB")
+        if c.penalty_dir:
+            lines.append(f"ImageNet penalty: on, images from {c.penalty_dir}, weight {c.penalty_weight}")
+        else:
+            lines.append("ImageNet penalty: off (as in DFSC)")
+        return lines
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    """`module` in eval mode for the block (dropout off), its mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device.type, enabled=False)
+
+
+class PenaltyImages:
+    """EfficientAD's penalty images: any folder of images, resized to 2S, centre-cropped to
+    S, grey with p = 0.3, ImageNet-normalised; sampled with a seeded generator."""
+
+    def __init__(self, folder: str, image_size: int, seed: int) -> None:
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{folder}: penalty_dir not found; expected a folder of images")
+        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not self.paths:
+            raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under penalty_dir")
+        self.image_size = image_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def sample(self, count: int) -> torch.Tensor:
+        picks = torch.randint(len(self.paths), (count,), generator=self.generator).tolist()
+        grey = (torch.rand(count, generator=self.generator) < 0.3).tolist()
+        return torch.stack([self._load(self.paths[i], g) for i, g in zip(picks, grey)])
+
+    def _load(self, path: Path, grey: bool) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        s = self.image_size
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((2 * s, 2 * s), Image.BILINEAR)
+        image = image.crop((s // 2, s // 2, s // 2 + s, s // 2 + s))
+        if grey:
+            image = image.convert("L").convert("RGB")
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (tensor - self.mean) / self.std

@@ -1,0 +1,43 @@
+"""DFSC scoring: EfficientAD's quantile normalisation of the two difference maps, then
+DFSC's sigmoid (so a negative region of one map cannot cancel a positive region of the
+other), averaged, padded and resized to the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: EfficientAD pads the PDN map by 4 on each side before resizing (33 px patches at stride 4)
+MAP_PADDING = 4
+
+
+def difference_maps(teacher: torch.Tensor, student: torch.Tensor, ae: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(map_st, map_ae), each B x P x P float32.
+
+    teacher: B x C x P x P (normalised), student: B x 2C x P x P, ae: B x C x P x P.
+    map_st = mean_c (T - S[:C])^2, map_ae = mean_c (A - S[C:])^2.
+    """
+    c = teacher.shape[1]
+    teacher, student, ae = teacher.float(), student.float(), ae.float()
+    map_st = (teacher - student[:, :c]).pow(2).mean(dim=1)
+    map_ae = (ae - student[:, c:]).pow(2).mean(dim=1)
+    return map_st, map_ae
+
+
+def normalise(raw: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """EfficientAD: 0.1 * (m - q_a) / (q_b - q_a), q = (q_a, q_b)."""
+    return 0.1 * (raw - q[0]) / (q[1] - q[0]).clamp_min(1e-12)
+
+
+def combine(map_st: torch.Tensor, map_ae: torch.Tensor, q_st: torch.Tensor, q_ae: torch.Tensor,
+            image_size: tuple[int, int]) -> torch.Tensor:
+    """B x P x P raw maps -> B x 1 x H x W final map in (0, 1).
+
+    sigmoid(normalised map_st) and sigmoid(normalised map_ae) averaged; padded by 4 with
+    0.5 (= EfficientAD's zero padding of the normalised maps, through the sigmoid);
+    bilinear resize to `image_size`.
+    """
+    combined = 0.5 * (torch.sigmoid(normalise(map_st, q_st)) + torch.sigmoid(normalise(map_ae, q_ae)))
+    padded = F.pad(combined[:, None], (MAP_PADDING,) * 4, value=0.5)
+    return F.interpolate(padded, size=image_size, mode="bilinear", align_corners=False)

@@ -1,0 +1,375 @@
+"""DFSC: losses, masks, shapes, frozen teacher, EMA, statistics, scoring, state round trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import logicad.models  # noqa: F401  (torchvision op schemas before timm)
+from logicad.models.base import Collective, ConfigError, build_method, method_class
+from logicad.models.dfsc import DFSC, DFSCConfig, lr_factor
+from logicad.models.dfsc import loss as L
+from logicad.models.dfsc.network import Autoencoder, PDNSmall, decoder_sizes, pdn_output_size
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: small convolutions gain nothing from two, and two threads stall
+    badly when another process holds a core (shared CI machines)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Crude structured images: a bright square at a per-image position on noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    for i in range(n):
+        r, c = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+        x[i, :, r:r + size // 4, c:c + size // 4] += 2.0
+    return x
+
+
+def _batches(images: torch.Tensor, batch_size: int, label: int = 0) -> list[dict]:
+    return [{"image": images[i:i + batch_size], "label": torch.full((len(images[i:i + batch_size]),), label),
+             "index": torch.arange(i, min(i + batch_size, len(images)))}
+            for i in range(0, len(images), batch_size)]
+
+
+def _model(**overrides) -> DFSC:
+    torch.manual_seed(0)
+    values = dict(image_size=64, batch_size=2, max_steps=50)
+    values.update(overrides)
+    return build_method("dfsc", **values)
+
+
+def _train(model: DFSC, batches: list[dict], steps: int) -> list[float]:
+    stage = model.stages()[0]
+    losses = []
+    for step in range(steps):
+        out = model(batches[step % len(batches)], stage=stage.name)
+        stage.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        stage.optimizer.step()
+        stage.scheduler.step()
+        model.after_step(stage.name)
+        losses.append(float(out["loss"].detach()))
+    return losses
+
+
+class RecordingCollective(Collective):
+    """Returns its input; remembers what it was given (one worker's partial statistic)."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def sum(self, tensor):
+        self.seen.append(tensor.clone())
+        return tensor
+
+    def cat(self, tensor):
+        self.seen.append(tensor.clone())
+        return tensor
+
+
+class TwoWorkerCollective(Collective):
+    """Worker 0 of two: the other worker's partial statistics were recorded beforehand."""
+
+    world_size = 2
+
+    def __init__(self, other: list[torch.Tensor]) -> None:
+        self.other = list(other)
+
+    def sum(self, tensor):
+        return tensor + self.other.pop(0)
+
+    def cat(self, tensor):
+        return torch.cat([tensor, self.other.pop(0)])
+
+
+# --- the DFSC hinge ----------------------------------------------------------------------
+def test_dfsc_hinge_is_zero_when_teacher_and_autoencoder_are_separated_beyond_the_margin():
+    t = torch.randn(2, 16, 8, 8)
+    a = -t  # opposite directions: d = 2 everywhere
+    d_ta = (t - a).pow(2)
+    for reduction in ("channel", "element"):
+        assert float(L.dfsc_loss(t, a, d_ta, 0.999, margin=1.0, reduction=reduction)) == 0.0
+        assert float(L.dfsc_loss(t, a, d_ta, 0.999, margin=1.9, reduction=reduction)) == 0.0
+
+
+def test_dfsc_hinge_is_positive_when_close_and_its_gradient_pushes_the_autoencoder_away():
+    torch.manual_seed(0)
+    t = torch.randn(1, 16, 8, 8, requires_grad=True)
+    a = (t.detach() + 0.1 * torch.randn_like(t)).requires_grad_(True)  # d ~ 0.1 < margin
+    d_ta = (t - a).pow(2).detach()
+    mask = L.top_quantile_mask(d_ta.mean(1, keepdim=True), 0.9)[:, 0]
+    before = L.separation(t.detach(), a.detach())[mask]
+    loss = L.dfsc_loss(t, a, d_ta, 0.9, margin=1.0, reduction="channel")
+    assert math.isclose(loss.item(), float((1.0 - before).mean()), rel_tol=1e-5) and loss.item() > 0.5
+    loss.backward()
+    assert t.grad is None  # the teacher is detached: only the autoencoder gets a gradient
+    with torch.no_grad():
+        a_new = a - 0.5 * a.grad
+    after = L.separation(t.detach(), a_new)[mask]
+    assert bool((after > before).all())
+    assert torch.count_nonzero(a.grad.abs().sum(1)[0]) == int(mask.sum())  # only masked locations move
+
+
+# --- quantiles and masks -----------------------------------------------------------------
+def test_quantile_matches_torch_quantile_and_handles_more_than_16m_elements():
+    x = torch.randn(3, 1001)
+    for q in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
+        assert torch.allclose(L.quantile(x, q), torch.quantile(x, q))
+        assert torch.allclose(L.quantile(x, q, dim=1), torch.quantile(x, q, dim=1))
+    big = torch.arange(17_000_001, dtype=torch.float32)  # torch.quantile refuses > 16M elements
+    assert float(L.quantile(big, 0.5)) == 8_500_000.0
+
+
+def test_quantile_masks_keep_the_right_fraction():
+    torch.manual_seed(0)
+    d = torch.rand(2, 384, 56, 56)
+    hard = L.top_quantile_mask(d, 0.999)  # L_hard: ~0.1% of the elements of each image
+    per_image = hard.flatten(1).float().mean(1)
+    assert torch.allclose(per_image, torch.full((2,), 0.001), atol=2e-5)
+    loc = L.top_quantile_mask(d.mean(1, keepdim=True), 0.999)  # DFSC: ~0.1% of the locations (4 of 3136)
+    assert loc.shape == (2, 1, 56, 56) and loc.flatten(1).sum(1).tolist() == [4, 4]
+    top = torch.sort(d[0].flatten(), descending=True).values[:1205]
+    assert math.isclose(float(L.hard_loss(d[:1], 0.999)), float(top.mean()), rel_tol=1e-4)
+
+
+# --- shapes --------------------------------------------------------------------------------
+def test_output_shapes_at_256_px():
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert PDNSmall(384)(x).shape == (1, 384, 56, 56)
+        assert PDNSmall(768)(x).shape == (1, 768, 56, 56)
+        assert Autoencoder(256)(x).shape == (1, 384, 56, 56)
+    assert decoder_sizes(256) == (3, 8, 15, 32, 63, 127) and pdn_output_size(256) == 56
+    assert _model(image_size=256).anomaly_map(torch.randn(2, 3, 256, 256)).shape == (2, 1, 256, 256)
+
+
+@pytest.mark.parametrize("size, feature", [(128, 24), (192, 40), (64, 8)])
+def test_output_shapes_at_other_sizes(size, feature):
+    model = _model(image_size=size)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert model.teacher(x[:1]).shape == (1, 384, feature, feature)
+        assert model.student(x[:1]).shape == (1, 768, feature, feature)
+        assert model.autoencoder(x[:1]).shape == (1, 384, feature, feature)
+    maps = model.anomaly_map(x)
+    assert maps.shape == (2, 1, size, size) and model.image_score(maps).shape == (2,)
+
+
+def test_image_size_too_small_is_a_config_error():
+    with pytest.raises(ConfigError, match="image_size"):
+        DFSCConfig().replace(image_size=32)
+
+
+# --- teacher, EMA, training ---------------------------------------------------------------
+def test_teacher_is_frozen_and_unchanged_by_training_steps():
+    model = _model()
+    batches = _batches(_images(4, 64), 2)
+    model.prepare(batches)
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    _train(model, batches, 3)
+    assert not model.teacher.training
+    assert all(torch.equal(v, model.teacher.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_ema_differs_from_the_student_and_moves_toward_it():
+    model = _model(warmup_beta2=0.0, lr=1e-3)
+    batches = _batches(_images(4, 64), 2)
+    model.prepare(batches)
+    _train(model, batches, 2)
+    ema, live = model.student_ema.conv4.weight, model.student.conv4.weight.detach()
+    assert not torch.equal(ema, live)
+    old = ema.clone()
+    model.after_step("train")
+    assert torch.allclose(ema, 0.99 * old + 0.01 * live, atol=1e-7)
+    assert (ema - live).norm() < (old - live).norm()
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    model = _model(lr=1e-3, warmup_beta2=0.0, batch_size=2)
+    batches = _batches(_images(2, 64, seed=1), 2)
+    model.prepare(batches)
+    losses = _train(model, batches, 12)
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+@pytest.mark.parametrize("hard_quantile", [0.999, 0.5])  # sparse path, and the dense fallback
+def test_sparse_hard_backward_gives_the_dense_gradients(hard_quantile):
+    import copy
+
+    model = _model(hard_quantile=hard_quantile)
+    batch = _batches(_images(2, 64), 2)[0]
+    model.prepare([batch])
+    dense = copy.deepcopy(model)
+    dense.sparse_hard_backward = False
+    grads = []
+    for m in (model, dense):
+        torch.manual_seed(1)  # same dropout masks
+        m(batch, stage="train")["loss"].backward()
+        grads.append({k: p.grad.clone() for k, p in m.student.named_parameters()})
+    for key, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][key], rtol=1e-4, atol=1e-6), key
+
+
+def test_training_step_returns_the_losses_in_float32_under_bf16_autocast():
+    model = _model()
+    batches = _batches(_images(2, 64), 2)
+    model.prepare(batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batches[0], stage="train")
+    assert set(out) == {"loss", "l_hard", "l_ae", "l_stae", "l_dfsc"}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert model.student.conv1.weight.grad is not None and model.autoencoder.head[1].weight.grad is not None
+
+
+def test_teacher_cache_serves_the_same_features_and_recomputes_a_changed_image():
+    model = _model()
+    images = _images(2, 64)
+    model.prepare(_batches(images, 2))
+    direct = model._teacher_features(images)
+    first = model.cache.lookup(images, torch.arange(2), model._teacher_features)
+    again = model.cache.lookup(images, torch.arange(2), model._teacher_features)
+    assert model.cache.hits == 2 and model.cache.misses == 2 and torch.equal(first, again)
+    assert torch.allclose(first, direct, rtol=2e-3, atol=2e-3)
+    other = model.cache.lookup(images.flip(0), torch.arange(2), model._teacher_features)  # same keys, new images
+    assert model.cache.misses == 4 and torch.allclose(other, direct.flip(0), rtol=2e-3, atol=2e-3)
+
+
+def test_lr_schedule_warms_up_exponentially_and_drops_for_the_last_tenth():
+    assert math.isclose(lr_factor(0, 1000, 0.997, 0.1), 1 - math.exp(-0.003))
+    assert math.isclose(lr_factor(899, 1000, 0.997, 0.1), 1 - math.exp(-0.003 * 900))
+    assert math.isclose(lr_factor(900, 1000, 0.997, 0.1), 0.1 * (1 - math.exp(-0.003 * 901)))
+    model = _model(max_steps=10)
+    stage = model.stages()[0]
+    assert stage.name == "train" and stage.steps == 10 and isinstance(stage.optimizer, torch.optim.AdamW)
+    assert stage.optimizer.param_groups[0]["weight_decay"] == 1e-5
+
+
+def test_penalty_images_add_l_penalty(tmp_path):
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (50, 40), (i * 100, 20, 200)).save(tmp_path / f"{i}.png")
+    model = _model(penalty_dir=str(tmp_path))
+    batches = _batches(_images(2, 64), 2)
+    model.prepare(batches)
+    losses = _train(model, batches, 1)
+    out = model(batches[0], stage="train")
+    assert "l_penalty" in out and math.isfinite(losses[0])
+    with pytest.raises(FileNotFoundError, match="penalty_dir"):
+        _model(penalty_dir=str(tmp_path / "nope")).stages()
+
+
+# --- statistics: prepare and finalize --------------------------------------------------------
+def test_prepare_statistics_equal_a_direct_computation():
+    model = _model()
+    images = _images(5, 64)
+    model.prepare(_batches(images, 2))
+    with torch.no_grad():
+        out = model.teacher(images)
+    mean = out.mean(dim=(0, 2, 3))
+    std = out.permute(1, 0, 2, 3).reshape(384, -1).std(dim=1, unbiased=False)
+    assert torch.allclose(model.teacher_mean, mean, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(model.teacher_std, std, atol=1e-5, rtol=1e-4)
+
+
+def test_prepare_on_two_workers_equals_one_process_on_all_data():
+    images = _images(6, 64)
+    one = _model()
+    one.prepare(_batches(images, 2))
+    recorder = RecordingCollective()
+    _model().prepare(_batches(images[3:], 2), recorder)  # worker 1's half
+    two = _model()
+    two.prepare(_batches(images[:3], 2), TwoWorkerCollective(recorder.seen))  # worker 0's half
+    assert torch.allclose(two.teacher_mean, one.teacher_mean, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(two.teacher_std, one.teacher_std, rtol=1e-6, atol=1e-7)
+
+
+def _trained(size: int = 64) -> tuple[DFSC, torch.Tensor]:
+    model = _model(image_size=size, lr=1e-3, warmup_beta2=0.0)
+    images = _images(4, size)
+    model.prepare(_batches(images, 2))
+    _train(model, _batches(images, 2), 3)
+    return model, images
+
+
+def test_finalize_quantiles_of_normal_validation_maps_also_over_two_workers():
+    model, images = _trained()
+    val = _images(5, 64, seed=3)
+    batches = _batches(val, 2) + _batches(_images(2, 64, seed=4), 2, label=1)  # anomalous ones are skipped
+    model.finalize(batches)
+    map_st, map_ae = model.raw_maps(val)
+    assert torch.allclose(model.q_st, torch.quantile(map_st.flatten(), torch.tensor([0.9, 0.995])))
+    assert torch.allclose(model.q_ae, torch.quantile(map_ae.flatten(), torch.tensor([0.9, 0.995])))
+    assert bool(model.finalized)
+    q_st, q_ae = model.q_st.clone(), model.q_ae.clone()
+    recorder = RecordingCollective()
+    model.finalize(_batches(val[2:], 2), recorder)
+    model.finalize(_batches(val[:2], 2), TwoWorkerCollective(recorder.seen))
+    assert torch.equal(model.q_st, q_st) and torch.equal(model.q_ae, q_ae)
+
+
+def test_state_dict_round_trip_scores_identically():
+    model, images = _trained()
+    model.finalize(_batches(_images(3, 64, seed=5), 3))
+    state = model.state_dict()
+    for prefix in ("teacher.", "student.", "student_ema.", "autoencoder."):
+        assert any(k.startswith(prefix) for k in state)
+    for key in ("teacher_mean", "teacher_std", "q_st", "q_ae", "finalized"):
+        assert key in state
+    fresh = DFSC(model.config)
+    fresh.load_state_dict(state)
+    test = _images(3, 64, seed=9)
+    maps, maps_fresh = model.eval().anomaly_map(test), fresh.eval().anomaly_map(test)
+    assert torch.equal(maps, maps_fresh)
+    assert torch.equal(model.image_score(maps), fresh.image_score(maps_fresh))
+    assert float(maps.min()) > 0 and float(maps.max()) < 1
+
+
+def test_scoring_is_deterministic_and_ignores_train_mode_dropout():
+    model, images = _trained()
+    model.train()
+    assert torch.equal(model.anomaly_map(images), model.anomaly_map(images))
+
+
+def test_channels_last_model_scores_like_the_default_layout():
+    model, images = _trained()
+    expected = model.anomaly_map(images)
+    model = model.to(memory_format=torch.channels_last)
+    assert model.student.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model.anomaly_map(images), expected, atol=1e-5)
+    out = model(_batches(images, 2)[0], stage="train")
+    out["loss"].backward()
+
+
+# --- config ---------------------------------------------------------------------------------
+def test_config_defaults_preset_and_validation():
+    config = DFSCConfig()
+    assert (config.image_size, config.batch_size, config.max_steps, config.lr, config.weight_decay) == \
+        (256, 1, 70000, 1e-4, 1e-5)
+    assert (config.quantile, config.hard_quantile, config.map_q_low, config.map_q_high) == (0.999, 0.999, 0.9, 0.995)
+    assert config.dfsc_reduction == "channel" and config.teacher_weights == "" and config.penalty_dir == ""
+    assert method_class("dfsc") is DFSC
+    preset = DFSCConfig.build(preset="cpu-synthetic")
+    assert preset.image_size < 256 and preset.max_steps < 70000
+    for key, value in [("margin", 2.5), ("quantile", 1.5), ("ema_momentum", 1.0), ("dfsc_reduction", "sum"),
+                       ("map_q_high", 0.5), ("teacher_cache_mb", -1)]:
+        with pytest.raises(ConfigError, match=key):
+            DFSCConfig().replace(**{key: value})
+
+
+def test_describe_names_the_teacher():
+    lines = _model().describe()
+    assert any("teacher: random init" in line for line in lines)
