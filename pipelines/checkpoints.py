@@ -60,3 +60,12 @@ def method_from_payload(payload: dict[str, Any]) -> Method:
 
 def load_model(path: str | Path) -> Method:
     return method_from_payload(read_model_file(path))
+
+
+def update_model_file(path: str | Path, **fields: Any) -> None:
+    """Add or replace top-level fields (e.g. the verdict threshold) of a model file in place."""
+    payload = read_model_file(path)
+    payload.update(fields)
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

@@ -62,6 +62,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def validation_threshold(method: Method, dataset: str, root: str | Path, category: str | None,
+                         device: torch.device, batch_size: int = 16) -> float:
+    """The verdict threshold recorded with a model: the largest image score of the normal
+    validation images, so none of them is called anomalous."""
+    val_set = load_split(dataset, root, category, "validation", method.config.image_size)
+    return max(score for _, _, score in score_batches(method, val_set, device, batch_size))
+
+
 def evaluate_method(
     method: Method,
     dataset: str,
@@ -82,6 +90,7 @@ def evaluate_method(
         small_maps[index] = amap
     metrics = evaluator.result()
     metrics["infer_ms_per_image"] = infer_ms_per_image(method, test_set, device)
+    metrics["threshold"] = validation_threshold(method, dataset, root, category, device, batch_size)
     return metrics, {"test_set": test_set, "maps": small_maps, "scores": evaluator.scores, "kinds": evaluator.kinds}
 
 

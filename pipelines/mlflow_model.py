@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import mlflow.tracking
 import numpy as np
 import torch
 
@@ -59,8 +60,10 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
         return {"score": np.concatenate(scores), "map": np.concatenate(maps)}
 
 
-def log_and_register(run_id: str, model_file: Path, registered_model_name: str | None) -> str:
-    """Log `model_file` as a pyfunc model in `run_id` (and register it); the model URI."""
+def log_and_register(run_id: str, model_file: Path, registered_model_name: str | None,
+                     version_tags: dict[str, Any] | None = None) -> str:
+    """Log `model_file` as a pyfunc model in `run_id` (and register it, with `version_tags`
+    saying what data it was evaluated on and its threshold); the model URI."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
@@ -70,6 +73,9 @@ def log_and_register(run_id: str, model_file: Path, registered_model_name: str |
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "numpy", "pillow", "logicad"],
         )
     if registered_model_name and info.registered_model_version is not None:
+        client = mlflow.tracking.MlflowClient()
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, str(value))
         return f"models:/{registered_model_name}/{info.registered_model_version}"
     return info.model_uri
 

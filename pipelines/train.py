@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +56,17 @@ def check_inputs(job: TrainJob) -> None:
     if job.dataset != "folder":
         check_ground_truth(scan(job.dataset, Path(job.data_root), job.category, "test"),
                            load_defects(job.dataset, job.data_root, job.category))
+
+
+def data_identity(dataset: str, root: str | Path, category: str | None) -> dict[str, str]:
+    """What a model was evaluated on: dataset, category and a fingerprint of the test files
+    (relative paths and sizes), so the registry never compares models scored on other data."""
+    split = "train" if dataset == "folder" else "test"
+    digest = hashlib.sha1()
+    for sample in scan(dataset, Path(root), category, split):
+        for path in (sample.path, *sample.mask_paths):
+            digest.update(f"{path.relative_to(root)}:{path.stat().st_size};".encode())
+    return {"dataset": dataset, "category": category or "", "data_fingerprint": digest.hexdigest()[:16]}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -158,7 +170,8 @@ def _finish(job: TrainJob, uri: str, run_id: str, result, train_seconds: float) 
 
         mlflow.set_tracking_uri(uri)
         name = tracking.registered_name(job.method, job.category)
-        record["model_uri"] = log_and_register(run_id, model_dir / MODEL_FILE, name)
+        tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": record.get("threshold")}
+        record["model_uri"] = log_and_register(run_id, model_dir / MODEL_FILE, name, tags)
         record["registered_model"] = name
     tracking.end_run(uri, run_id)
     return record

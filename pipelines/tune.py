@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from . import tracking
-from .checkpoints import MODEL_FILE, load_model
+from .checkpoints import MODEL_FILE, load_model, update_model_file
 from .config import flatten
 from .search_space import SearchSpace, to_tune
-from .train import TrainJob, check_inputs, ensure_ray
+from .train import TrainJob, check_inputs, data_identity, ensure_ray
 from .tune_tracking import MlflowTrialRuns
 from .worker import WorkerSpec, tune_trial
 
@@ -130,6 +130,7 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
         best.checkpoint.to_directory(tmp)
         method = load_model(Path(tmp) / MODEL_FILE)
         metrics = evaluate_to_dir(method, job.dataset, job.data_root, job.category, Path(tmp), torch.device("cpu"))
+        update_model_file(Path(tmp) / MODEL_FILE, threshold=metrics["threshold"])
         record = {"method": job.method, "dataset": job.dataset, "category": job.category, **metrics,
                   "objective": tj.space.objective, "best_objective": best.metrics.get(tj.space.metric),
                   "best_params": best.config["params"], "sweep": name}
@@ -138,8 +139,10 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
         tracking.log_results(uri, child or parent, {**metrics, "best_objective": record["best_objective"]}, Path(tmp))
         mlflow.set_tracking_uri(uri)
         if job.register:
+            tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": metrics["threshold"],
+                    "objective": tj.space.objective}
             record["model_uri"] = log_and_register(child or parent, Path(tmp) / MODEL_FILE,
-                                                   tracking.registered_name(job.method, job.category))
+                                                   tracking.registered_name(job.method, job.category), tags)
     tracking.log_results(uri, parent, {"best_objective": record["best_objective"]}, None)
     _client_log_artifact(uri, parent, out / "best_config.yaml")
     (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))

@@ -264,7 +264,7 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
         training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True,
                     **health}
         metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
-        save_model(Path(tmp) / MODEL_FILE, method, {"training": training})
+        save_model(Path(tmp) / MODEL_FILE, method, {"training": training, "threshold": metrics.get("threshold")})
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         final = {"final": True, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         session.report(final, Path(tmp))
