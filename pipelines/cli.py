@@ -234,6 +234,59 @@ def add_tune(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+# --- promote / predict -------------------------------------------------------------------
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .promote import Decision, promote
+    from .tracking import default_tracking_uri
+
+    decision = promote(args.tracking_uri or default_tracking_uri(), args.model, args.metric, args.min_delta,
+                       args.alias, args.version)
+    print(Decision(**decision).line())
+    return 0
+
+
+def add_promote(sub) -> None:
+    p = sub.add_parser("promote", help="move the registry alias to the newest version if it is better")
+    p.add_argument("--model", required=True, help="registered model name, e.g. logicad-dfsc-parts_box")
+    p.add_argument("--metric", default="image_auroc")
+    p.add_argument("--min-delta", type=float, default=0.0)
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--version", default=None, help="candidate version (default: the newest)")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_promote)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from .mlflow_model import load_payload_any
+    from .predict import predict
+    from .tracking import default_tracking_uri
+
+    mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    images = Path(args.images)
+    if args.images.startswith("s3://"):
+        from .storage import S3Settings, sync_dataset
+
+        images = sync_dataset(args.images, cache_dir() / "s3", S3Settings.from_env(args.s3_endpoint_url))
+    payload = load_payload_any(args.model)
+    scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size)
+    print(f"scores written to {scores}; heatmap overlays in {Path(args.out) / 'overlays'}")
+    return 0
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="score a folder of images with a saved or registered model")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3, or a model.pt path")
+    p.add_argument("--images", required=True, help="folder (searched recursively) or s3://bucket/prefix")
+    p.add_argument("--out", default="outputs/predict")
+    p.add_argument("--threshold", type=float, default=None, help="default: the threshold recorded with the model")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--s3-endpoint-url", default=None)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_predict)
+
+
 def add_distill(sub) -> None:
     from .distill import add_distill_teacher
 
@@ -241,7 +294,7 @@ def add_distill(sub) -> None:
 
 
 COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill,
-                                  add_tune)
+                                  add_tune, add_promote, add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import mlflow.tracking
 import numpy as np
 import torch
 
-from .checkpoints import MODEL_FILE, ModelFileError, load_model
+from .checkpoints import MODEL_FILE, ModelFileError, load_model, method_from_payload, read_model_file
 
 MODEL_ARTIFACT = "model"
 
@@ -80,10 +80,10 @@ def log_and_register(run_id: str, model_file: Path, registered_model_name: str |
     return info.model_uri
 
 
-def load_method_any(model: str):
-    """A method from a model file, its folder, or an MLflow model URI (models:/, runs:/)."""
+def load_payload_any(model: str) -> dict[str, Any]:
+    """A model file's payload from its path, its folder, or an MLflow model URI (models:/, runs:/)."""
     if ":/" not in model or Path(model).exists():
-        return load_model(model)
+        return read_model_file(model)
     import mlflow.artifacts
 
     try:
@@ -93,4 +93,9 @@ def load_method_any(model: str):
     found = sorted(local.rglob(MODEL_FILE))
     if not found:
         raise ModelFileError(f"{model}: no {MODEL_FILE} among the model's artifacts; expected a logicad model")
-    return load_model(found[0])
+    return read_model_file(found[0])
+
+
+def load_method_any(model: str):
+    """A method (eval mode) from a model path or MLflow model URI."""
+    return method_from_payload(load_payload_any(model))

@@ -31,9 +31,9 @@ class Progress:
         return True
 
     def line(self, step: int, values: dict[str, float]) -> str:
-        loss = values.get("loss", float("nan"))
         parts = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
         eta = (self.total - step) / self.rate if self.rate > 0 else float("inf")
         eta_text = format_seconds(eta) if eta != float("inf") else "?"
-        return (f"[{self.name}] step {step}/{self.total} loss {loss:.4g}" + (f" ({parts})" if parts else "")
+        loss = f" loss {values['loss']:.4g}" if "loss" in values else ""
+        return (f"[{self.name}] step {step}/{self.total}{loss}" + (f" ({parts})" if parts else "")
                 + f" {self.rate:.2f} steps/s ETA {eta_text}")
