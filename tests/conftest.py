@@ -17,6 +17,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import logicad.models  # noqa: E402,F401  (torchvision op schemas before anything imports timm)
 
+import sys
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (servers) importable
+
 SMALL = dict(size=96, n_train=6, n_validation=3, n_test_good=3, n_test_logical=3, n_test_structural=3)
 
 

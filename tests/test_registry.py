@@ -1,0 +1,92 @@
+"""Registry promotion and predict against a real `mlflow server` process."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import mlflow
+import pytest
+from torch.utils.data import DataLoader
+
+from logicad.data import load_split
+from logicad.models.base import build_method
+from logicad.pipelines import tracking
+from logicad.pipelines.checkpoints import save_model
+from logicad.pipelines.cli import main
+from logicad.pipelines.mlflow_model import log_and_register
+from logicad.pipelines.promote import PromotionError, promote
+from servers import mlflow_server
+
+NAME = "logicad-dfsc-test"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mlflow")
+    with mlflow_server(workdir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def model_file(small_loco, category, tmp_path_factory) -> Path:
+    """A scoring-ready (untrained) DFSC at 64 px with its statistics and a threshold."""
+    method = build_method("dfsc", image_size=64)
+    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
+    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    return save_model(tmp_path_factory.mktemp("model") / "model.pt", method, {"threshold": 0.5})
+
+
+def _register(uri: str, model_file: Path, auroc: float, fingerprint: str = "abc") -> str:
+    run_id = tracking.start_run(uri, "registry-test", "v", {"method": "dfsc"}, {})
+    tracking.log_results(uri, run_id, {"image_auroc": auroc})
+    mlflow.set_tracking_uri(uri)
+    log_and_register(run_id, model_file, NAME, {"dataset": "mvtec_loco", "category": "c",
+                                                "data_fingerprint": fingerprint, "threshold": 0.5})
+    tracking.end_run(uri, run_id)
+    return run_id
+
+
+def test_alias_moves_only_to_a_better_version(server, model_file):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server)
+    decisions = []
+    for auroc in (0.70, 0.80, 0.75, 0.80):  # first, better, worse, equal
+        _register(server, model_file, auroc)
+        decisions.append(promote(server, NAME, "image_auroc"))
+    assert [d["promoted"] for d in decisions] == [True, True, False, False]
+    assert client.get_model_version_by_alias(NAME, "champion").version == "2"
+    worse = client.get_model_version(NAME, "3").tags
+    assert worse["promotion.decision"] == "kept" and worse["promotion.compared_to"] == "2"
+    assert float(worse["promotion.candidate_value"]) == 0.75 and float(worse["promotion.champion_value"]) == 0.8
+    equal = client.get_model_version(NAME, "4").tags
+    assert equal["promotion.decision"] == "kept" and "min_delta" in equal["promotion.reason"]
+
+
+def test_min_delta_holds_back_a_small_improvement(server, model_file):
+    _register(server, model_file, 0.81)
+    decision = promote(server, NAME, "image_auroc", min_delta=0.05)
+    assert not decision["promoted"] and decision["champion"] == "2"
+
+
+def test_versions_evaluated_on_other_data_are_not_compared(server, model_file):
+    _register(server, model_file, 0.99, fingerprint="other-data")
+    with pytest.raises(PromotionError, match="different data"):
+        promote(server, NAME, "image_auroc")
+
+
+def test_promote_cli_prints_the_decision(server, capsys):
+    code = main(["promote", "--model", NAME, "--version", "2", "--tracking-uri", server])
+    assert code == 0 and "kept v2" in capsys.readouterr().out
+
+
+def test_predict_scores_a_folder_with_the_champion(server, small_loco, category, tmp_path, capsys):
+    images = small_loco / category / "test" / "structural_anomalies"
+    code = main(["predict", "--model", f"models:/{NAME}@champion", "--images", str(images),
+                 "--out", str(tmp_path / "pred"), "--tracking-uri", server])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "pred" / "scores.csv")))
+    assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"good", "anomalous"}
+    assert all(r["verdict"] == ("anomalous" if float(r["score"]) > 0.5 else "good") for r in rows)
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
