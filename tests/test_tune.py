@@ -1,0 +1,104 @@
+"""`logicad tune` on a real local Ray: ASHA sweep with nested MLflow runs, best config that
+`logicad train --config` accepts, and a sweep that resumes after its driver was killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from logicad.models.base import ConfigError
+from logicad.pipelines.config import resolve_config
+from logicad.pipelines.search_space import load_space
+
+SPACE = """
+method: dfsc
+metric: objective
+mode: max
+objective: synthetic
+fixed: {image_size: 64, batch_size: 2, max_steps: %(steps)d, precision: "32"}
+space:
+  margin: {uniform: [0.0, 2.0]}
+  lr: {loguniform: [5.0e-5, 5.0e-4]}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+budget: {num_samples: 4, max_concurrent: 2, cpu_per_trial: 1, report_every: 2}
+"""
+
+
+def _space(tmp: Path, steps: int = 6) -> Path:
+    path = tmp / "space.yaml"
+    path.write_text(SPACE % {"steps": steps})
+    return path
+
+
+def _tune(tmp: Path, data: Path, category: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "logicad.pipelines.cli", "tune", "--space", str(tmp / "space.yaml"),
+            "--data", str(data), "--category", category, "--storage", str(tmp / "ray"), "--name", "sweep",
+            "--output", str(tmp / "out"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", *extra]
+
+
+def _child_runs(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("logicad").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if r.data.tags.get("logicad.sweep") == "sweep"]
+    return parents, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+
+
+def test_space_keys_are_checked_before_any_trial(tmp_path):
+    path = _space(tmp_path)
+    path.write_text(path.read_text().replace("margin:", "margn:"))
+    with pytest.raises(ConfigError, match="margn.*valid keys"):
+        load_space(path, "dfsc")
+
+
+def test_the_shipped_dfsc_space_searches_margin_alpha_quantile_and_lr():
+    space = load_space(None, "dfsc")
+    assert {"margin", "alpha", "quantile", "lr"} <= set(space.space)
+    assert space.space["margin"] == {"uniform": [0.0, 2.0]} and space.objective == "synthetic"
+
+
+def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, category, tmp_path):
+    _space(tmp_path)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    result = subprocess.run(_tune(tmp_path, small_loco, category), capture_output=True, text=True, env=env,
+                            timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best trial of sweep" in result.stdout
+    parents, children = _child_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].data.tags["objective"] == "synthetic"
+    assert len(children) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert all("objective" in r.data.metrics and "margin" in r.data.params for r in children)
+    best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
+    config = resolve_config("dfsc", config_file=tmp_path / "out" / "best_config.yaml")
+    assert config.margin == best["config"]["margin"] and config.image_size == 64
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(small_loco, category, tmp_path):
+    _space(tmp_path, steps=12)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(_tune(tmp_path, small_loco, category), stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "ray").glob("sweep/*/checkpoint_000002")):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(1)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-sweep
+    first.wait()
+    log.close()
+    result = subprocess.run(_tune(tmp_path, small_loco, category, "--resume"), capture_output=True, text=True,
+                            env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parents, children = _child_runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 4  # the same parent run; no trial tracked twice
+    # a trial cut off mid-way continues from its last checkpoint instead of starting over
+    assert "resumed from checkpoint at stage 0 step" in result.stdout + result.stderr
