@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import KIND_IDS, AnomalyDataset
+from .dataset import KIND_IDS, AnomalyDataset, make_item
 from .layouts import Sample
 from .transforms import eval_transform
 
@@ -385,15 +385,5 @@ class SyntheticAnomalySet(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
-        out = self.transform(image=self.images[index], mask=self.masks[index].astype(np.uint8))
-        return {
-            "image": out["image"],
-            "mask": torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long),
-            "label": sample.label,
-            "kind": sample.kind,
-            "kind_id": KIND_IDS[sample.kind],
-            "orig_size": torch.tensor(self.orig_sizes[index]),
-            "path": str(sample.path),
-            "index": index,
-        }
+        return make_item(self.transform, self.images[index], self.masks[index].astype(np.uint8),
+                         self.samples[index], self.orig_sizes[index], index)

@@ -70,17 +70,23 @@ class AnomalyDataset(Dataset):
         mask = self.masks[index]
         if mask is None:
             mask = np.zeros((self.image_size, self.image_size), np.uint8)
-        out = self.transform(image=self.images[index], mask=mask)
-        return {
-            "image": out["image"],
-            "mask": torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long),
-            "label": sample.label,
-            "kind": sample.kind,
-            "kind_id": KIND_IDS[sample.kind],
-            "orig_size": torch.tensor(self.orig_sizes[index]),
-            "path": str(sample.path),
-            "index": index,
-        }
+        return make_item(self.transform, self.images[index], mask, sample, self.orig_sizes[index], index)
+
+
+def make_item(transform: Callable, image: np.ndarray, mask: np.ndarray, sample: Sample,
+              orig_size: tuple[int, int], index: int) -> dict:
+    """The item dict every dataset of the project serves (see AnomalyDataset)."""
+    out = transform(image=image, mask=mask)
+    return {
+        "image": out["image"],
+        "mask": torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long),
+        "label": sample.label,
+        "kind": sample.kind,
+        "kind_id": KIND_IDS[sample.kind],
+        "orig_size": torch.tensor(orig_size),
+        "path": str(sample.path),
+        "index": index,
+    }
 
 
 def sample_regions(sample: Sample, defects: dict[int, DefectType] | None) -> list[Region]:
