@@ -90,14 +90,28 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", default=None)
 
 
+def resolve_data(args: argparse.Namespace) -> tuple[str, str | None, bool]:
+    """(local dataset root, category, is the synthetic default); s3:// roots are synced once
+    into the local cache, no --data generates the synthetic dataset."""
+    if args.data is None:
+        data, default_category = synthetic_default()
+        return str(data), args.category or default_category, True
+    if args.data.startswith("s3://"):
+        from .storage import S3Settings, sync_dataset
+
+        settings = S3Settings.from_env(getattr(args, "s3_endpoint_url", None))
+        return str(sync_dataset(args.data, cache_dir() / "s3", settings)), args.category, False
+    return args.data, args.category, False
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .train import TrainJob, run_train
 
-    data, category, preset = args.data, args.category, args.preset
-    if data is None:
-        data, default_category = synthetic_default()
-        category = category or default_category
+    storage, filesystem = _storage(args)
+    data, category, synthetic = resolve_data(args)
+    preset = args.preset
+    if synthetic:
         preset = preset or DEFAULT_PRESET
         print(f"no --data: training on the synthetic default ({data}, category {category}) "
               f"with the {preset!r} preset", flush=True)
@@ -109,8 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if preset:
         print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)
     job = TrainJob(args.method, config, args.dataset, data, category, preset, args.workers,
-                   None if not args.cpu else False, args.output, args.storage, args.run_name, args.resume,
-                   args.checkpoint_every, args.max_failures, tracking_uri=args.tracking_uri)
+                   None if not args.cpu else False, args.output, storage, args.run_name, args.resume,
+                   args.checkpoint_every, args.max_failures, tracking_uri=args.tracking_uri,
+                   storage_filesystem=filesystem)
     record = run_train(job)
     print_headline(record)
     return 0
@@ -136,7 +151,8 @@ def add_train(sub) -> None:
     p.add_argument("--config", default=None, help="YAML file of config keys (e.g. from logicad tune)")
     p.add_argument("--preset", default=None, help="named smaller setting ('none' for the paper's defaults)")
     p.add_argument("--output", default="outputs", help="where metrics.json and model/ are written")
-    p.add_argument("--storage", default="ray_results", help="Ray run storage (local dir)")
+    p.add_argument("--storage", default="ray_results", help="Ray run storage: local dir or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--run-name", default=None)
     p.add_argument("--resume", action="store_true", help="continue the latest run of this method/category")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: at the end only)")
@@ -154,9 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     method = load_method_any(args.model)
-    data, category = args.data, args.category
-    if data is None:
-        data, category = synthetic_default()[0], category or synthetic_default()[1]
+    data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, Path(args.output), device)
     record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics}
@@ -184,12 +198,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space = load_space(args.space, args.method)
     if args.objective:
         space.objective = args.objective
-    data, category = args.data, args.category
-    if data is None:
-        data, default_category = synthetic_default()
-        category = category or default_category
-    config = resolve_config(args.method, [f"{k}={v}" for k, v in space.fixed.items()], None, space.preset)
     storage, filesystem = _storage(args)
+    data, category, _ = resolve_data(args)
+    config = resolve_config(args.method, [f"{k}={v}" for k, v in space.fixed.items()], None, space.preset)
     job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
                    storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000)
     if args.workers_per_trial != 1:
@@ -313,12 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from logicad.models.distill import TeacherFileError
 
     from .checkpoints import ModelFileError
+    from .storage import StorageError
     from .tracking import TrackingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError) as exc:
+    except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
+            StorageError) as exc:
         print(f"logicad: error: {exc}", file=sys.stderr)
         return 2
 

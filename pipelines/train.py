@@ -47,6 +47,7 @@ class TrainJob:
     register: bool = True
     tags: dict[str, str] = field(default_factory=dict)
     fault_at_step: int = 0  # chaos testing: a worker kills itself at this step (first attempt only)
+    storage_filesystem: Any = None  # pyarrow filesystem when storage_path is an S3 bucket/prefix
 
 
 def check_inputs(job: TrainJob) -> None:
@@ -86,13 +87,23 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 def _run_name(job: TrainJob) -> str:
     if job.run_name:
         return job.run_name
-    storage = Path(job.storage_path)
     prefix = f"{job.method}-{job.category or job.dataset}"
-    if job.resume and storage.is_dir():
-        previous = sorted(p.name for p in storage.iterdir() if p.name.startswith(prefix + "-"))
+    if job.resume:
+        previous = sorted(name for name in _run_dirs(job) if name.startswith(prefix + "-"))
         if previous:
             return previous[-1]
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_dirs(job: TrainJob) -> list[str]:
+    """Names of the runs under the storage path (local or on the pyarrow filesystem)."""
+    if job.storage_filesystem is None:
+        storage = Path(job.storage_path)
+        return [p.name for p in storage.iterdir()] if storage.is_dir() else []
+    from pyarrow import fs
+
+    infos = job.storage_filesystem.get_file_info(fs.FileSelector(job.storage_path, allow_not_found=True))
+    return [info.base_name for info in infos if info.type == fs.FileType.Directory]
 
 
 def _scaling(job: TrainJob):
@@ -110,7 +121,7 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    storage = job.storage_path if "://" in job.storage_path else str(Path(job.storage_path).absolute())
+    storage = job.storage_path if job.storage_filesystem else str(Path(job.storage_path).absolute())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec.to_dict(),
@@ -118,6 +129,7 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str):
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,
+            storage_filesystem=job.storage_filesystem,
             failure_config=FailureConfig(max_failures=job.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

@@ -46,3 +46,41 @@ def category() -> str:
     from logicad.data.synthetic import CATEGORIES
 
     return CATEGORIES[0]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory) -> str:
+    """A real S3 API (moto's server mode) on 127.0.0.1 for this module; stopped by its pid."""
+    from s3_server import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
+
+
+@pytest.fixture()
+def s3_settings(s3_endpoint):
+    from logicad.pipelines.storage import S3Settings
+    from s3_server import ACCESS_KEY, REGION, SECRET_KEY
+
+    return S3Settings(endpoint_url=s3_endpoint, region=REGION, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+
+
+@pytest.fixture()
+def bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket per test."""
+    import uuid
+
+    from s3_server import client
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    client(s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture()
+def s3_env(s3_endpoint) -> dict[str, str]:
+    """Environment for a process that talks to the test S3 server as it would to MinIO or AWS."""
+    from s3_server import ACCESS_KEY, REGION, SECRET_KEY
+
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}

@@ -1,4 +1,5 @@
-"""Registry promotion and predict against a real `mlflow server` process."""
+"""Registry promotion and predict against a real `mlflow server` process whose artifacts
+live in a real S3 API (moto's server on 127.0.0.1); clients need no S3 credentials."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ NAME = "logicad-dfsc-test"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mlflow")
-    with mlflow_server(workdir) as url:
+def server(tmp_path_factory, s3_endpoint):
+    from s3_server import ACCESS_KEY, REGION, SECRET_KEY, client
+
+    client(s3_endpoint).create_bucket(Bucket="registry")
+    env = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION}
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), "s3://registry/mlflow", env) as url:
         yield url
 
 
@@ -90,3 +95,10 @@ def test_predict_scores_a_folder_with_the_champion(server, small_loco, category,
     assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"good", "anomalous"}
     assert all(r["verdict"] == ("anomalous" if float(r["score"]) > 0.5 else "good") for r in rows)
     assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
+
+
+def test_model_artifacts_are_stored_in_the_bucket(server, s3_endpoint):
+    from s3_server import client
+
+    keys = [o["Key"] for o in client(s3_endpoint).list_objects_v2(Bucket="registry").get("Contents", [])]
+    assert any(k.endswith("model.pt") for k in keys)

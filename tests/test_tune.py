@@ -82,23 +82,36 @@ def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, cate
     assert config.margin == best["config"]["margin"] and config.image_size == 64
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(small_loco, category, tmp_path):
+def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    from s3_server import client
+
+    pages = client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, tmp_path, s3_endpoint, bucket,
+                                                         s3_env):
     _space(tmp_path, steps=12)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **s3_env}
+    s3 = ["--storage", f"s3://{bucket}/sweeps", "--s3-endpoint-url", s3_endpoint]
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(_tune(tmp_path, small_loco, category), stdout=log, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
+    first = subprocess.Popen(_tune(tmp_path, small_loco, category, *s3), stdout=log, stderr=subprocess.STDOUT,
+                             env=env, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "ray").glob("sweep/*/checkpoint_000002")):
+    while time.time() < deadline and not any("checkpoint_000002/" in k for k in _keys(s3_endpoint, bucket, "sweeps")):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(1)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-sweep
     first.wait()
     log.close()
-    result = subprocess.run(_tune(tmp_path, small_loco, category, "--resume"), capture_output=True, text=True,
+    result = subprocess.run(_tune(tmp_path, small_loco, category, *s3, "--resume"), capture_output=True, text=True,
                             env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     parents, children = _child_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4  # the same parent run; no trial tracked twice
     # a trial cut off mid-way continues from its last checkpoint instead of starting over
     assert "resumed from checkpoint at stage 0 step" in result.stdout + result.stderr
+    keys = _keys(s3_endpoint, bucket, "sweeps/sweep/")
+    trials = {k.split("/")[2] for k in keys if "/checkpoint_" in k}
+    assert len(trials) == 4 and any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys)
+    assert not (tmp_path / "ray").exists()  # nothing went to local storage
