@@ -102,3 +102,21 @@ def test_model_artifacts_are_stored_in_the_bucket(server, s3_endpoint):
 
     keys = [o["Key"] for o in client(s3_endpoint).list_objects_v2(Bucket="registry").get("Contents", [])]
     assert any(k.endswith("model.pt") for k in keys)
+
+
+def test_predict_reads_images_from_an_s3_prefix(model_file, s3_endpoint, small_loco, category, tmp_path,
+                                                monkeypatch):
+    from s3_server import ACCESS_KEY, REGION, SECRET_KEY, client
+
+    s3 = client(s3_endpoint)
+    s3.create_bucket(Bucket="incoming")
+    for path in sorted((small_loco / category / "test" / "good").glob("*.png")):
+        s3.upload_file(str(path), "incoming", f"line1/{path.name}")
+    for key, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                       "AWS_DEFAULT_REGION": REGION, "LOGICAD_CACHE": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    code = main(["predict", "--model", str(model_file), "--images", "s3://incoming/line1",
+                 "--s3-endpoint-url", s3_endpoint, "--out", str(tmp_path / "pred")])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "pred" / "scores.csv")))
+    assert len(rows) == 3 and all(str(tmp_path / "cache") in r["path"] for r in rows)

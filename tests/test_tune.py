@@ -115,3 +115,22 @@ def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, t
     trials = {k.split("/")[2] for k in keys if "/checkpoint_" in k}
     assert len(trials) == 4 and any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys)
     assert not (tmp_path / "ray").exists()  # nothing went to local storage
+
+
+@pytest.mark.parametrize("storage, words", [("s3://no-such-bucket/sweeps", "does not exist"),
+                                            ("s3://some-bucket/sweeps", "cannot reach S3 endpoint")])
+def test_bad_s3_storage_fails_in_one_line_before_any_trial(storage, words, s3_endpoint, capsys, tmp_path,
+                                                           monkeypatch):
+    import ray
+
+    from logicad.pipelines.cli import main
+    from s3_server import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    endpoint = s3_endpoint if "no-such" in storage else "http://127.0.0.1:1"
+    code = main(["tune", "--storage", storage, "--s3-endpoint-url", endpoint, "--data", str(tmp_path),
+                 "--category", "c", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and words in err
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
