@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from torch import nn
 
@@ -75,7 +75,7 @@ def create_backbone(name: str, weights: str | None = None, out_indices: Sequence
     expected = f"expected the state dict of timm.create_model({name!r})"
     try:
         with _timm_load_report() as report:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **common)
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **common)
     except Exception as exc:
         raise BackboneWeightsError(
             f"{path}: cannot load as {name} weights ({exc.__class__.__name__}: {str(exc)[:300]}); {expected}"

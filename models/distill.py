@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +63,17 @@ class FeatureTarget(nn.Module):
         self.embed_dim = embed_dim
         self.backbone_image_size = backbone_image_size
 
-    def train(self, mode: bool = True) -> "FeatureTarget":
+    def train(self, mode: bool = True) -> FeatureTarget:
         super().train(mode)
         self.backbone.eval()  # frozen: batch norm statistics stay fixed
         return self
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.backbone_image_size and images.shape[-1] != self.backbone_image_size:
-            images = F.interpolate(images, size=self.backbone_image_size, mode="bilinear", align_corners=False)
+        size = self.backbone_image_size
+        if size and images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                                   antialias=images.shape[-1] > size)
         levels = self.backbone(images)
         levels = [lvl.permute(0, 3, 1, 2) if _channels_last_output(lvl, self.backbone, i) else lvl
                   for i, lvl in enumerate(levels)]
@@ -119,9 +122,10 @@ def distill_teacher(
     """Train a PDN-S teacher to regress backbone features; (teacher in eval mode, loss per step).
 
     images: batches (B x 3 x H x W ImageNet-normalised tensors, or dicts with "image"),
-    re-iterable (a list or DataLoader) when `steps` exceeds one pass. Batches are resized
-    to `image_size` for the PDN and `backbone_image_size` (default 2 x image_size, as in
-    EfficientAD) for the backbone.
+    re-iterable (a list or DataLoader) when `steps` exceeds one pass. Each batch is resized
+    to `image_size` for the PDN and, from its own resolution, to `backbone_image_size`
+    (default 2 x image_size, as in EfficientAD) for the backbone: give batches at
+    >= backbone_image_size so the backbone sees full detail.
     """
     from .backbones import create_backbone
 
@@ -137,16 +141,16 @@ def distill_teacher(
         feats = target(batch)
         return F.interpolate(feats, size=out_size, mode="bilinear", align_corners=False, antialias=True)
 
-    mean, std = _feature_stats(features, itertools.islice(_batches(images, device, image_size), norm_batches))
+    mean, std = _feature_stats(features, itertools.islice(_batches(images, device), norm_batches))
     teacher = PDNSmall(out_channels).to(device)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[float] = []
     teacher.train()
-    for step, batch in enumerate(_cycle(images, device, image_size)):
+    for step, batch in enumerate(_cycle(images, device)):
         if step >= steps:
             break
-        goal = (features(batch) - mean) / std
-        loss = F.mse_loss(teacher(batch), goal)
+        goal = (features(batch) - mean) / std  # the backbone sees the batch at its own resolution
+        loss = F.mse_loss(teacher(_resize(batch, image_size)), goal)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -168,20 +172,23 @@ def _as_images(batch: Any) -> torch.Tensor:
     return images
 
 
-def _batches(images: Iterable[Any], device: torch.device, image_size: int) -> Iterator[torch.Tensor]:
+def _batches(images: Iterable[Any], device: torch.device) -> Iterator[torch.Tensor]:
     for batch in images:
-        x = _as_images(batch).to(device).float()
-        if x.shape[-2:] != (image_size, image_size):
-            x = F.interpolate(x, size=image_size, mode="bilinear", align_corners=False, antialias=True)
-        yield x
+        yield _as_images(batch).to(device).float()
 
 
-def _cycle(images: Iterable[Any], device: torch.device, image_size: int) -> Iterator[torch.Tensor]:
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _cycle(images: Iterable[Any], device: torch.device) -> Iterator[torch.Tensor]:
     """Batches forever; re-iterates `images` after each pass (an exhausted iterator is an error)."""
     passes = 0
     while True:
         count = 0
-        for batch in _batches(images, device, image_size):
+        for batch in _batches(images, device):
             count += 1
             yield batch
         passes += 1

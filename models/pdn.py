@@ -18,7 +18,7 @@ distilled elsewhere loads with `--teacher-weights`.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ def remap_pdn_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key.removeprefix("module.")
         head, _, tail = name.partition(".")
         if head in _SEQUENTIAL_INDEX and tail in ("weight", "bias"):
             name = f"{_SEQUENTIAL_INDEX[head]}.{tail}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logicad.data import load_defects, scan, check_ground_truth
-from logicad.models.base import MethodConfig
+from logicad.models.base import ConfigError, MethodConfig
 
 from . import tracking
 from .checkpoints import MODEL_FILE
@@ -50,8 +50,16 @@ class TrainJob:
     storage_filesystem: Any = None  # pyarrow filesystem when storage_path is an S3 bucket/prefix
 
 
+def check_paths(config: MethodConfig) -> None:
+    """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set."""
+    for key, value in config.to_dict().items():
+        if key.endswith(("_weights", "_dir")) and isinstance(value, str) and value and not Path(value).exists():
+            raise ConfigError(f"config key {key!r}: {value} does not exist; expected a path on this machine")
+
+
 def check_inputs(job: TrainJob) -> None:
     """Every split scanned and the test ground truth read, so bad data fails before Ray starts."""
+    check_paths(job.config)
     for split in ("train", "validation"):
         scan(job.dataset, Path(job.data_root), job.category, split)
     if job.dataset != "folder":

@@ -75,9 +75,7 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     device = session.device()
     config = method_class(spec.method).config_cls.build(spec.config)
     torch.manual_seed(config.seed)  # identical initial replicas (DDP also broadcasts rank 0's)
-    method = build_method(spec.method, config).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
+    method = build_method(spec.method, config).to(device, memory_format=torch.channels_last)
     train_set = load_split(spec.dataset, spec.data_root, spec.category, "train", config.image_size, train_transform())
     val_set = load_split(spec.dataset, spec.data_root, spec.category, "validation", config.image_size)
     collective = TorchCollective()
@@ -156,8 +154,7 @@ def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[St
         if fault and step + _offset(stages, index) == fault:
             _die()
         batch = next(batches)
-        if device.type == "cuda":
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with _autocast(device, config.precision):
             losses = ddp(batch, stage=stage.name)
         stage.optimizer.zero_grad(set_to_none=True)

@@ -71,3 +71,12 @@ def test_evaluate_on_a_file_that_is_no_model_fails_in_one_line(capsys, tmp_path)
     torch.save({"weights": 1}, bad)
     assert main(["evaluate", "--model", str(bad), "--data", str(tmp_path), "--category", "c"]) == 2
     assert "not a logicad model file" in _one_error_line(capsys)
+
+
+def test_a_missing_teacher_weights_file_fails_before_training(capsys, small_loco, category, tmp_path):
+    import ray
+
+    code = main(["train", "--data", str(small_loco), "--category", category, "--set",
+                 f"teacher_weights={tmp_path / 'nope.pth'}", "--output", str(tmp_path / "o")])
+    err = _one_error_line(capsys)
+    assert code == 2 and "teacher_weights" in err and "nope.pth" in err and not ray.is_initialized()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 
+import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
 import torch
-
-import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 from logicad.models.base import Collective, ConfigError, build_method, method_class
 from logicad.models.dfsc import DFSC, DFSCConfig, lr_factor
 from logicad.models.dfsc import loss as L
-from logicad.models.dfsc.network import Autoencoder, PDNSmall, decoder_sizes, pdn_output_size
-
+from logicad.models.dfsc.network import (
+    Autoencoder,
+    PDNSmall,
+    decoder_sizes,
+    pdn_output_size,
+)
+from logicad.models.dfsc.teacher_cache import TeacherCache
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,8 +47,7 @@ def _batches(images: torch.Tensor, batch_size: int, label: int = 0) -> list[dict
 
 def _model(**overrides) -> DFSC:
     torch.manual_seed(0)
-    values = dict(image_size=64, batch_size=2, max_steps=50)
-    values.update(overrides)
+    values = {"image_size": 64, "batch_size": 2, "max_steps": 50, **overrides}
     return build_method("dfsc", **values)
 
 
@@ -245,6 +248,9 @@ def test_teacher_cache_serves_the_same_features_and_recomputes_a_changed_image()
     assert torch.allclose(first, direct, rtol=2e-3, atol=2e-3)
     other = model.cache.lookup(images.flip(0), torch.arange(2), model._teacher_features)  # same keys, new images
     assert model.cache.misses == 4 and torch.allclose(other, direct.flip(0), rtol=2e-3, atol=2e-3)
+    small = TeacherCache(budget_bytes=384 * 8 * 8 * 2)  # room for one image's features
+    assert torch.equal(small.lookup(images, torch.arange(2), model._teacher_features), first)
+    assert len(small.entries) == 1 and small.used <= small.budget
 
 
 def test_lr_schedule_warms_up_exponentially_and_drops_for_the_last_tenth():
@@ -306,7 +312,7 @@ def _trained(size: int = 64) -> tuple[DFSC, torch.Tensor]:
 
 
 def test_finalize_quantiles_of_normal_validation_maps_also_over_two_workers():
-    model, images = _trained()
+    model, _ = _trained()
     val = _images(5, 64, seed=3)
     batches = _batches(val, 2) + _batches(_images(2, 64, seed=4), 2, label=1)  # anomalous ones are skipped
     model.finalize(batches)
@@ -322,7 +328,7 @@ def test_finalize_quantiles_of_normal_validation_maps_also_over_two_workers():
 
 
 def test_state_dict_round_trip_scores_identically():
-    model, images = _trained()
+    model, _ = _trained()
     model.finalize(_batches(_images(3, 64, seed=5), 3))
     state = model.state_dict()
     for prefix in ("teacher.", "student.", "student_ema.", "autoencoder."):

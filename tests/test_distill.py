@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 import time
 
+import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
 import torch
-
-import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 from logicad.models import backbones
 from logicad.models.backbones import BackboneWeightsError, create_backbone
 from logicad.models.base import build_method
-from logicad.models.distill import (TeacherFileError, distill_teacher, load_teacher, read_teacher_file,
-                                    save_teacher)
+from logicad.models.distill import (
+    TeacherFileError,
+    distill_teacher,
+    load_teacher,
+    read_teacher_file,
+    save_teacher,
+)
 from logicad.models.pdn import PDNSmall
 
 

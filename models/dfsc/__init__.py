@@ -4,10 +4,11 @@
 - `loss`: L_hard, L_ae/L_stae, the DFSC hinge, quantiles without a size limit
 - `scoring`: difference maps, quantile normalisation, sigmoid, padding, resize
 - `teacher_cache`: teacher features of training images computed once
+- `sparse_grad`: the student's last conv with a backward that uses L_hard's sparse gradient
 - `method`: `DFSCConfig` and `DFSC(Method)`
 """
 
 from .method import DFSC, DFSCConfig, lr_factor
 from .network import Autoencoder, PDNSmall, decoder_sizes, pdn_output_size
 
-__all__ = ["DFSC", "DFSCConfig", "Autoencoder", "PDNSmall", "decoder_sizes", "lr_factor", "pdn_output_size"]
+__all__ = ["DFSC", "Autoencoder", "DFSCConfig", "PDNSmall", "decoder_sizes", "lr_factor", "pdn_output_size"]

@@ -76,7 +76,9 @@ def dfsc_loss(teacher: torch.Tensor, ae: torch.Tensor, d_ta: torch.Tensor, q: fl
     the mask are per element of d_ta. Then T^, A^ = L2-normalised (over channels) M * T,
     M * A; d = ||T^ - A^||_2 per location (in [0, 2]); loss = mean over the locations M
     touches of max(0, margin - d). The teacher is detached, so the gradient reaches only
-    the autoencoder.
+    the autoencoder. ("element" follows the paper's text literally: mask the features,
+    then normalise; where the mask keeps a single channel of a location, the normalised
+    vectors are +-e_c and that location passes no gradient.)
     """
     teacher = teacher.detach()
     if reduction == "channel":

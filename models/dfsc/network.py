@@ -31,7 +31,7 @@ from torch import nn
 
 from ..pdn import PDNSmall, pdn_output_size
 
-__all__ = ["PDNSmall", "Autoencoder", "pdn_output_size", "decoder_sizes", "encoder_sizes"]
+__all__ = ["Autoencoder", "PDNSmall", "decoder_sizes", "encoder_sizes", "pdn_output_size"]
 
 #: EfficientAD's decoder upsample sizes at 256 px
 _DECODER_SIZES_256 = (3, 8, 15, 32, 63, 127)

@@ -16,7 +16,7 @@ holds ~870 images (every MVTec LOCO / MVTec AD category's training set).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
