@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -238,5 +238,3 @@ def _import_builtin_methods() -> None:
     for module in _BUILTIN:
         importlib.import_module(f"{__package__}.{module}")
 
-
-Reducer = Callable[[torch.Tensor], torch.Tensor]
