@@ -58,7 +58,7 @@ def main() -> None:
         start = time.perf_counter()
         metrics = evaluate_maps(maps, data, category)
         seconds = time.perf_counter() - start
-    height, width = read_size(samples[0].path)
+        height, width = read_size(samples[0].path)
     result = {"n_images": len(samples), "image_size": f"{width}x{height}", "evaluate_maps_seconds": round(seconds, 2),
               "ms_per_image": round(1000 * seconds / len(samples), 1), "generate_seconds": round(generate, 1),
               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
