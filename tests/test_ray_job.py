@@ -60,8 +60,13 @@ def test_ray_job_submit_trains_on_a_running_head(ray_head, small_loco, category,
                "--set", "image_size=64", "--set", "batch_size=2", "--set", "precision=32", "--max-steps", "4",
                "--output", str(out), "--storage", str(tmp_path / "ray"),
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    result = subprocess.run(command, capture_output=True, text=True, env={**env, "PATH": os.environ["PATH"]},
-                            timeout=600)
+    deadline = time.time() + 120
+    while True:  # the head's job agent may still be starting on a loaded machine
+        result = subprocess.run(command, capture_output=True, text=True, env={**env, "PATH": os.environ["PATH"]},
+                                timeout=600)
+        if "No available agent" not in result.stdout + result.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in result.stdout
     record = json.loads((out / "metrics.json").read_text())
