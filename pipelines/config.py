@@ -21,18 +21,26 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     return values
 
 
+def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; ConfigError naming the file and `expected` otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; expected {expected}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); expected {expected}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a {type(data).__name__}; expected {expected}")
+    return data
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML mapping of config keys (what `logicad tune` writes as the best config).
 
     A file with a top-level `config:` mapping (plus e.g. `method:`) is accepted too.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; expected a YAML mapping of config keys")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    data = read_yaml_mapping(path, "a YAML mapping of config keys")
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]
     if not isinstance(data, dict):

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from logicad.models.base import ConfigError, method_class
 
+from .config import read_yaml_mapping
 from .objective import OBJECTIVES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
@@ -57,12 +56,7 @@ def default_space_file(method: str) -> Path:
 def load_space(path: str | Path | None, method: str) -> SearchSpace:
     """Read and validate a search-space file (default: the method's own)."""
     path = Path(path) if path else default_space_file(method)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search-space file not found; expected tune_spaces/<method>.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    data = read_yaml_mapping(path, "a search-space file like tune_spaces/<method>.yaml")
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; valid keys: {', '.join(TOP_KEYS)}")
