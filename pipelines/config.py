@@ -41,11 +41,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     data = read_yaml_mapping(path, "a YAML mapping of config keys")
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping of config keys, got {type(data).__name__}")
-    return data
+    return data["config"] if isinstance(data.get("config"), dict) else data
 
 
 def resolve_config(
