@@ -48,6 +48,17 @@ def _images_in(folder: Path, what: str) -> list[Path]:
     return images
 
 
+def images_below(root: Path) -> list[Path]:
+    """Every image file below `root`, recursively, sorted; an error if there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: image folder not found; expected a folder of images (searched recursively)")
+    images = sorted(p for p in root.rglob("*") if is_image_file(p))
+    if not images:
+        raise DatasetError(f"{root}: no images found (.png/.jpg/.bmp/.tif), searched recursively")
+    return images
+
+
 def category_dir(root: Path, category: str, layout: str) -> Path:
     """`<root>/<category>`, or an error listing the categories that are there."""
     root = Path(root)

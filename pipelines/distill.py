@@ -9,18 +9,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from logicad.data import AnomalyDataset, DatasetError, Sample
-from logicad.data.images import is_image_file
+from logicad.data import AnomalyDataset, Sample
+from logicad.data.layouts import images_below
 from logicad.data.transforms import train_transform
 
 
 def image_folder_dataset(root: Path, image_size: int, max_images: int) -> AnomalyDataset:
     """Every image below `root` (recursively, sorted), at most `max_images`, decoded once."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found; expected a folder of images (searched recursively)")
-    paths = sorted(p for p in root.rglob("*") if is_image_file(p))[:max_images]
-    if not paths:
-        raise DatasetError(f"{root}: no images found (.png/.jpg/.bmp/.tif), searched recursively")
+    paths = images_below(root)[:max_images]
     return AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], image_size, train_transform(augment=True))
 
 

@@ -14,21 +14,12 @@ import cv2
 import numpy as np
 import torch
 
-from logicad.data import AnomalyDataset, DatasetError, Sample
-from logicad.data.images import is_image_file
+from logicad.data import AnomalyDataset, Sample
+from logicad.data.layouts import images_below
 
 from .checkpoints import method_from_payload
 from .evaluate import score_batches
 from .progress import Progress
-
-
-def find_images(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found; expected a folder of images (searched recursively)")
-    images = sorted(p for p in root.rglob("*") if is_image_file(p))
-    if not images:
-        raise DatasetError(f"{root}: no images found (.png/.jpg/.bmp/.tif), searched recursively")
-    return images
 
 
 def overlay(rgb: np.ndarray, amap: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -45,7 +36,7 @@ def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float |
     method = method_from_payload(payload)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threshold = threshold if threshold is not None else payload.get("threshold")
-    paths = find_images(images)
+    paths = images_below(images)
     dataset = AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], method.config.image_size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(exist_ok=True)

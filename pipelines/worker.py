@@ -169,6 +169,8 @@ def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[St
             logger(step + 1 + _offset(stages, index), values, progress.rate)
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps:
+            if spec.objective:
+                method.finalize(_stats_loader(val_set, config, device), TorchCollective())
             values = {**values, **_objective(spec, method, val_set, device)}
             _report_checkpoint(session, method, stages, index, done, values)
     return progress.rate
@@ -214,12 +216,11 @@ def _report_checkpoint(session: TrainSession, method: Method, stages: list[Stage
 
 
 def _objective(spec: WorkerSpec, method: Method, val_set, device: torch.device) -> dict[str, float]:
-    """The tuning objective at this point of training (all ranks finalize; rank 0 scores)."""
+    """The tuning objective of the finalized method (rank 0 scores; others report nothing)."""
     if not spec.objective:
         return {}
     from .objective import objective_metrics
 
-    method.finalize(_stats_loader(val_set, method.config, device), TorchCollective())
     if world()[0] != 0:
         return {}
     result = objective_metrics(method, spec.objective, spec.dataset, spec.data_root, spec.category, val_set,
