@@ -91,13 +91,15 @@ def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
 
 def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, tmp_path, s3_endpoint, bucket,
                                                          s3_env):
-    _space(tmp_path, steps=12)
+    _space(tmp_path, steps=24)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", **s3_env}
     s3 = ["--storage", f"s3://{bucket}/sweeps", "--s3-endpoint-url", s3_endpoint]
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(_tune(tmp_path, small_loco, category, *s3), stdout=log, stderr=subprocess.STDOUT,
                              env=env, start_new_session=True)
     deadline = time.time() + 300
+    # kill after a trial's third checkpoint (step 6 of 24): Tune's experiment state has recorded
+    # it by then, and the trial is still far from done
     while time.time() < deadline and not any("checkpoint_000002/" in k for k in _keys(s3_endpoint, bucket, "sweeps")):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(1)
