@@ -1,3 +1,9 @@
-"""Anomaly detection methods behind one contract (see `base.Method`)."""
+"""Anomaly detection methods behind one contract (see `base.Method`).
 
-from . import torchvision_ops  # noqa: F401  (must run before anything imports timm)
+Importing this package imports torchvision the safe way (see `torchvision_ops`), so
+that a later `import torchvision` or `import timm` works with any torch/torchvision pair.
+"""
+
+from .torchvision_ops import ensure_torchvision
+
+ensure_torchvision()

@@ -10,8 +10,8 @@ and says where its weights came from:
   or no network) this fails fast with `BackboneWeightsError`;
 - None / "" / "random": random init, with one logged warning per backbone name.
 
-Import `logicad.models` before this module in a fresh process: it makes `import timm`
-work with a torchvision wheel whose ops do not load (see `torchvision_ops`).
+timm is imported through `torchvision_ops.import_timm`, which works with any
+torch/torchvision pair (see that module).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import torchvision_ops  # noqa: F401  (before timm)
+from .torchvision_ops import import_timm
 
 log = logging.getLogger(__name__)
 _WARNED_RANDOM: set[str] = set()
@@ -45,8 +45,7 @@ def create_backbone(name: str, weights: str | None = None, out_indices: Sequence
     The model is returned in train mode with gradients on; callers freeze it as needed.
     For ResNets, out_indices (2, 3) are layer2 (stride 8) and layer3 (stride 16).
     """
-    import timm
-
+    timm = import_timm()
     arch, _ = timm.models.split_model_name_tag(name)
     if not timm.is_model(arch):
         raise BackboneWeightsError(f"unknown timm model {name!r}; see timm.list_models()")

@@ -1,16 +1,26 @@
-"""Make `import torchvision` (and so `import timm`) work with a torchvision wheel
-whose compiled ops do not match the installed torch.
+"""Import torchvision (and so timm) safely with any torch/torchvision pair.
 
-On CPU-only machines the only torchvision wheel that fits torch 2.13.0 is a CUDA
-build: its C++ ops cannot load and torchvision's meta registrations then fail with
-`operator torchvision::nms does not exist`. Declaring the two op schemas that the
-meta registrations look up is enough for everything logicad uses (timm models;
-logicad never calls torchvision's detection ops). Where the ops load (matching
-builds on GPU clusters) this does nothing. Every process that may import timm
-imports this module first: `logicad.models` does it on import.
+A matched pair (any CUDA build with its torchvision, or a CPU pair) imports as it is:
+nothing here touches it. Only one mismatch is repaired: on CPU-only machines the
+torchvision wheel that fits torch 2.13.0 is a CUDA build whose compiled ops cannot
+load, and torchvision's meta registrations then fail with
+`operator torchvision::nms does not exist`. In that case, and only after the real
+import failed for that reason, the two op schemas that the meta registrations look
+up are declared and the import is retried. logicad never calls torchvision's
+detection ops, so that is enough for everything it uses (timm models).
+
+Declaring the schemas *before* trying the real import would abort a process with a
+working torchvision ("Tried to register an operator ... multiple times"), which is
+why the order matters. `logicad.models` runs `ensure_torchvision()` on import, so
+`import logicad.models` followed by `import torchvision` / `import timm` works in any
+process, Ray workers included.
 """
 
 from __future__ import annotations
+
+import importlib
+import re
+import sys
 
 import torch
 
@@ -18,7 +28,10 @@ _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
+_MISSING_OP = re.compile(r"operator torchvision::(\w+) does not exist")
 _LIBRARY: torch.library.Library | None = None
+#: what ensure_torchvision() did: "real" (imported as is), "repaired" (schemas declared), or None (not run)
+STATUS: str | None = None
 
 
 def _has_op(name: str) -> bool:
@@ -29,8 +42,13 @@ def _has_op(name: str) -> bool:
     return True
 
 
-def ensure_torchvision_ops() -> list[str]:
-    """Declare the torchvision op schemas that are missing; returns their names."""
+def _forget_partial_import() -> None:
+    """A failed `import torchvision` leaves half-initialised submodules behind: drop them."""
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+
+
+def _declare_missing_schemas() -> list[str]:
     global _LIBRARY
     missing = [name for name in _SCHEMAS if not _has_op(name)]
     if missing:
@@ -41,4 +59,30 @@ def ensure_torchvision_ops() -> list[str]:
     return missing
 
 
-ensure_torchvision_ops()
+def ensure_torchvision() -> str:
+    """Import torchvision; repair only the missing-ops mismatch. Returns "real" or "repaired".
+
+    Any other import error (torchvision not installed, a different failure) is raised
+    unchanged, so it is seen for what it is.
+    """
+    global STATUS
+    if STATUS is not None:
+        return STATUS
+    try:
+        importlib.import_module("torchvision")
+        STATUS = "real"
+        return STATUS
+    except RuntimeError as exc:
+        if not _MISSING_OP.search(str(exc)):
+            raise
+    _forget_partial_import()
+    _declare_missing_schemas()
+    importlib.import_module("torchvision")
+    STATUS = "repaired"
+    return STATUS
+
+
+def import_timm():
+    """`timm`, imported after `ensure_torchvision()`."""
+    ensure_torchvision()
+    return importlib.import_module("timm")
