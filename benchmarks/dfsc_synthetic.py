@@ -17,9 +17,9 @@ import torch
 
 from logicad.data import load_split
 from logicad.data.synthetic import CATEGORIES, SyntheticSpec, make_synthetic
-from logicad.pipelines.checkpoints import load_model
+from logicad.pipelines.train.checkpoints import load_model
 from logicad.pipelines.config import resolve_config
-from logicad.pipelines.train import TrainJob, ensure_ray, run_train
+from logicad.pipelines.train.driver import TrainJob, ensure_ray, run_train
 
 COLUMNS = ("image_auroc_logical", "image_auroc_structural", "image_auroc", "spro_0.05", "pixel_auroc",
            "train_images_per_second", "infer_ms_per_image", "images_per_second_b16", "train_seconds")

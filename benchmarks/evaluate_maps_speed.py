@@ -23,7 +23,7 @@ import numpy as np
 from logicad.data import scan
 from logicad.data.images import read_size
 from logicad.data.synthetic import CATEGORIES, SyntheticSpec, make_synthetic
-from logicad.pipelines.evaluate_maps import evaluate_maps, write_map
+from logicad.pipelines.evaluate.maps import evaluate_maps, write_map
 
 
 def replicate(cat: Path, have: int, want: int) -> None:

@@ -1,17 +1,30 @@
 """The method contract every detector implements, its typed config, and the registry.
 
-One generic training loop (`logicad.pipelines.train`) drives every method through
-the same life cycle:
+One generic training loop (`logicad.pipelines.train.worker`) drives every method
+through the same life cycle:
 
     method = build_method("dfsc", config)
     method.prepare(train_loader, collective)      # statistics before training
     for stage in method.stages():                 # one or more training stages
-        for step in range(stage.steps):
+        method.start_stage(stage.name)            # also when a run resumes inside it
+        for step in range(stage.steps):           # batches of `stage.data`'s view
             losses = method(batch, stage=stage.name)  # == training_step; DDP-safe
-            losses["loss"].backward(); stage.optimizer.step(); method.after_step(stage.name)
-    method.finalize(val_loader, collective)       # statistics after training
+            losses["loss"].backward()             # ONE backward per step
+            for opt in stage.optimizers: opt.step()
+            method.after_step(stage.name)
+    method.finalize(loader_of(method.finalize_split), collective)
     maps = method.anomaly_map(images)             # B x 1 x H x W at input size
     scores = method.image_score(maps)             # B
+
+Several objectives from one forward (FOD's minimax pair, a GAN's generator and
+discriminator losses) are expressed as one summed `loss` whose stop-gradients route
+each term to its own parameters: the gradients add exactly as separate `backward`
+calls would, and DDP all-reduces them once. A stage with several optimizers steps
+each of them after that backward (each owns disjoint parameters).
+
+Score-only config keys (`MethodConfig.SCORE_ONLY`) change no weight: `score_parts`
+computes the network outputs once, `maps_from_parts` turns cached parts into maps
+under the current config, so a sweep over those keys never retrains.
 
 A method knows nothing about Ray, MLflow or S3: distributed statistics go through
 the `Collective` it is handed.
@@ -48,6 +61,8 @@ class MethodConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: allowed values of string keys
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"precision": ("32", "bf16", "16")}
+    #: keys that change only how maps are combined and scored, never a weight (score-only sweeps)
+    SCORE_ONLY: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -144,13 +159,34 @@ class Collective:
 
 @dataclass
 class Stage:
-    """One training stage: what it optimises, how, and for how many steps."""
+    """One training stage: what it optimises, how, on which data, and for how many steps.
+
+    `optimizer` (and `extra_optimizers`, e.g. a GAN discriminator's) are all stepped
+    after the one backward of the step's `loss`; each owns disjoint parameters.
+    `data` names a training-set view from `logicad.data.views` (e.g. simulated
+    anomalies) as a plain dict, so the method stays free of data-loading code.
+    """
 
     name: str
     steps: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    extra_optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    extra_schedulers: list[torch.optim.lr_scheduler.LRScheduler | None] = field(default_factory=list)
+    #: images per worker per step in this stage (None: the config's `batch_size`)
+    batch_size: int | None = None
+    #: training-set view spec: {"view": NAME, **options} (see logicad.data.views); None: plain images
+    data: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer, *self.extra_optimizers]
+
+    @property
+    def schedulers(self) -> list[torch.optim.lr_scheduler.LRScheduler | None]:
+        extra = list(self.extra_schedulers) + [None] * (len(self.extra_optimizers) - len(self.extra_schedulers))
+        return [self.scheduler, *extra]
 
 
 class Method(nn.Module):
@@ -160,6 +196,11 @@ class Method(nn.Module):
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     #: DDP must look for unused parameters (several stages, or branches a step skips)
     find_unused_parameters: ClassVar[bool] = False
+    #: split whose normal images `finalize` reads: "validation" (default) or "train" (GLCF)
+    finalize_split: ClassVar[str] = "validation"
+    #: the training step may be captured by torch.compile / CUDA graphs (off for steps with
+    #: data-dependent Python control flow or host reads)
+    compilable_step: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()
@@ -176,11 +217,30 @@ class Method(nn.Module):
         """Losses for one batch; key `loss` is back-propagated."""
         raise NotImplementedError
 
+    def start_stage(self, stage: str) -> None:
+        """Hook before a stage's first step, and when a run resumes inside it (e.g. freeze an
+        encoder that the previous stage trained); default nothing."""
+
     def after_step(self, stage: str) -> None:
         """Hook after each optimizer step (EMA updates); default nothing."""
 
+    def optimizer(self, cls: type[torch.optim.Optimizer], params, **kwargs: Any) -> torch.optim.Optimizer:
+        """`cls(params, **kwargs)` with the fastest implementation for where the parameters
+        live: fused kernels on CUDA where the optimizer offers them, else foreach."""
+        params = list(params)
+        on_cuda = bool(params) and all(
+            (p["params"][0] if isinstance(p, dict) else p).is_cuda for p in params)
+        import inspect
+
+        accepted = inspect.signature(cls.__init__).parameters
+        if on_cuda and "fused" in accepted:
+            kwargs.setdefault("fused", True)
+        elif "foreach" in accepted:
+            kwargs.setdefault("foreach", True)
+        return cls(params, **kwargs)
+
     def finalize(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
-        """Statistics after training on normal validation images (default: none)."""
+        """Statistics after training on the normal images of `finalize_split` (default: none)."""
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
@@ -191,6 +251,17 @@ class Method(nn.Module):
     def image_score(self, maps: torch.Tensor) -> torch.Tensor:
         """B x 1 x H x W maps -> B image scores (default: the map's maximum)."""
         return maps.flatten(1).amax(dim=1)
+
+    @torch.no_grad()
+    def score_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything `maps_from_parts` needs, per image (dim 0 = batch), computed by the
+        networks once; a sweep over `SCORE_ONLY` keys caches these. Default: the map."""
+        return {"map": self.anomaly_map(images)}
+
+    @torch.no_grad()
+    def maps_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """B x 1 x H x W maps from cached `score_parts` under the current config."""
+        return parts["map"]
 
     def forward(self, batch: dict[str, torch.Tensor], stage: str = "") -> dict[str, torch.Tensor]:
         """Training forward pass (so DDP's gradient hooks see it): `training_step`."""
@@ -229,12 +300,15 @@ def build_method(name: str, config: MethodConfig | None = None, **overrides: Any
     return cls(config)
 
 
-_BUILTIN = ("dfsc",)
+_BUILTIN = ("dfsc", "glcf", "slsg", "fod")
 
 
 def _import_builtin_methods() -> None:
     import importlib
+    import importlib.util
 
     for module in _BUILTIN:
-        importlib.import_module(f"{__package__}.{module}")
+        name = f"{__package__}.{module}"
+        if importlib.util.find_spec(name) is not None:  # a method folder not yet in this install is skipped
+            importlib.import_module(name)
 

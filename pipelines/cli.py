@@ -63,7 +63,7 @@ def add_make_synthetic(sub) -> None:
 
 # --- evaluate-maps ----------------------------------------------------------------------
 def cmd_evaluate_maps(args: argparse.Namespace) -> int:
-    from .evaluate_maps import evaluate_maps
+    from .evaluate.maps import evaluate_maps
 
     metrics = evaluate_maps(Path(args.maps), Path(args.data), args.category, args.dataset)
     text = json.dumps(metrics, indent=2)
@@ -106,7 +106,7 @@ def resolve_data(args: argparse.Namespace) -> tuple[str, str | None, bool]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
-    from .train import TrainJob, run_train
+    from .train.driver import TrainJob, run_train
 
     storage, filesystem = _storage(args)
     data, category, synthetic = resolve_data(args)
@@ -164,8 +164,8 @@ def add_train(sub) -> None:
 
 # --- evaluate ---------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_to_dir
-    from .mlflow_model import load_method_any
+    from .evaluate.scoring import evaluate_to_dir
+    from .registry.pyfunc import load_method_any
 
     import torch
 
@@ -191,9 +191,9 @@ def add_evaluate(sub) -> None:
 # --- tune -------------------------------------------------------------------------------
 def cmd_tune(args: argparse.Namespace) -> int:
     from .config import resolve_config
-    from .search_space import load_space
-    from .train import TrainJob
-    from .tune import TuneJob, run_tune
+    from .tune.search_space import load_space
+    from .train.driver import TrainJob
+    from .tune.tuner import TuneJob, run_tune
 
     space = load_space(args.space, args.method)
     if args.objective:
@@ -226,7 +226,7 @@ def _storage(args: argparse.Namespace):
 
 
 def add_tune(sub) -> None:
-    from .objective import OBJECTIVES
+    from .tune.objective import OBJECTIVES
 
     p = sub.add_parser("tune", help="Ray Tune sweep over a method's config keys, tracked in MLflow")
     p.add_argument("--method", default="dfsc")
@@ -247,8 +247,8 @@ def add_tune(sub) -> None:
 
 # --- promote / predict -------------------------------------------------------------------
 def cmd_promote(args: argparse.Namespace) -> int:
-    from .promote import Decision, promote
-    from .tracking import default_tracking_uri
+    from .registry.promote import Decision, promote
+    from .registry.tracking import default_tracking_uri
 
     decision = promote(args.tracking_uri or default_tracking_uri(), args.model, args.metric, args.min_delta,
                        args.alias, args.version)
@@ -270,9 +270,9 @@ def add_promote(sub) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import mlflow
 
-    from .mlflow_model import load_payload_any
-    from .predict import predict
-    from .tracking import default_tracking_uri
+    from .registry.pyfunc import load_payload_any
+    from .registry.predict import predict
+    from .registry.tracking import default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     images = Path(args.images)
@@ -299,7 +299,7 @@ def add_predict(sub) -> None:
 
 
 def add_distill(sub) -> None:
-    from .distill import add_distill_teacher
+    from .train.distill import add_distill_teacher
 
     add_distill_teacher(sub)
 
@@ -323,9 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from logicad.models.backbones import BackboneWeightsError
     from logicad.models.distill import TeacherFileError
 
-    from .checkpoints import ModelFileError
+    from .train.checkpoints import ModelFileError
     from .storage import StorageError
-    from .tracking import TrackingError
+    from .registry.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
     try:

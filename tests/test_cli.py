@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from logicad.data import load_split
 from logicad.models.base import build_method
-from logicad.pipelines.checkpoints import save_model
+from logicad.pipelines.train.checkpoints import save_model
 from logicad.pipelines.cli import main
 
 

@@ -10,7 +10,7 @@ import pytest
 from logicad.data import load_defects, sample_regions, scan
 from logicad.data.images import read_size
 from logicad.pipelines.cli import main
-from logicad.pipelines.evaluate_maps import map_path, write_map
+from logicad.pipelines.evaluate.maps import map_path, write_map
 
 METRICS = ("image_auroc", "image_auroc_logical", "image_auroc_structural", "image_auroc_all", "pixel_auroc",
            "spro_0.05", "spro_0.3", "aupro_0.3")

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from logicad.data.ground_truth import DefectType, Region
-from logicad.pipelines.metrics import (
+from logicad.pipelines.evaluate.metrics import (
     LocoEvaluator,
     aupro,
     auc_spro,

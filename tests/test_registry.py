@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader
 
 from logicad.data import load_split
 from logicad.models.base import build_method
-from logicad.pipelines import tracking
-from logicad.pipelines.checkpoints import save_model
+from logicad.pipelines.registry import tracking
+from logicad.pipelines.train.checkpoints import save_model
 from logicad.pipelines.cli import main
-from logicad.pipelines.mlflow_model import log_and_register
-from logicad.pipelines.promote import PromotionError, promote
+from logicad.pipelines.registry.pyfunc import log_and_register
+from logicad.pipelines.registry.promote import PromotionError, promote
 from servers import mlflow_server
 
 NAME = "logicad-dfsc-test"

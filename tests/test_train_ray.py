@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from logicad.pipelines.checkpoints import read_model_file
+from logicad.pipelines.train.checkpoints import read_model_file
 from logicad.pipelines.config import resolve_config
-from logicad.pipelines.train import TrainJob, run_train
+from logicad.pipelines.train.driver import TrainJob, run_train
 
 TINY = ["image_size=64", "batch_size=2", "max_steps=6", "precision=32"]
 
@@ -93,8 +93,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(runs):
 def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(runs, small_loco, category):
     tmp, one, _ = runs
     from logicad.data import scan
-    from logicad.pipelines.mlflow_model import load_method_any
-    from logicad.pipelines.evaluate import score_batches
+    from logicad.pipelines.registry.pyfunc import load_method_any
+    from logicad.pipelines.evaluate.scoring import score_batches
     from logicad.data import AnomalyDataset
 
     paths = [str(s.path) for s in scan("mvtec_loco", small_loco, category, "test")[:4]]

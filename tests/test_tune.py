@@ -15,7 +15,7 @@ import yaml
 
 from logicad.models.base import ConfigError
 from logicad.pipelines.config import resolve_config
-from logicad.pipelines.search_space import load_space
+from logicad.pipelines.tune.search_space import load_space
 
 SPACE = """
 method: dfsc

@@ -236,7 +236,7 @@ class DFSC(Method):
 
     def stages(self) -> list[Stage]:
         c = self.config
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        optimizer = self.optimizer(torch.optim.AdamW, self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
         steps = c.max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, steps, c.warmup_beta2, c.lr_drop_fraction)

@@ -24,7 +24,7 @@ from typing import Any
 
 from logicad.models.base import ConfigError, method_class
 
-from .config import read_yaml_mapping
+from ..config import read_yaml_mapping
 from .objective import OBJECTIVES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")

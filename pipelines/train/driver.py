@@ -14,9 +14,9 @@ from typing import Any
 from logicad.data import load_defects, scan, check_ground_truth
 from logicad.models.base import ConfigError, MethodConfig
 
-from . import tracking
+from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .config import flatten
+from ..config import flatten
 from .worker import WorkerSpec, train_loop
 
 RESULT_KEYS = ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_auroc", "spro_0.05",
@@ -186,7 +186,7 @@ def _finish(job: TrainJob, uri: str, run_id: str, result, train_seconds: float) 
     if job.register:
         import mlflow
 
-        from .mlflow_model import log_and_register
+        from ..registry.pyfunc import log_and_register
 
         mlflow.set_tracking_uri(uri)
         name = tracking.registered_name(job.method, job.category)

@@ -13,7 +13,7 @@ import tifffile
 from logicad.data import DatasetError, Sample, load_defects, sample_regions, scan, check_ground_truth
 from logicad.data.images import read_size
 
-from .evaluate import to_original_size
+from .scoring import to_original_size
 from .metrics import LocoEvaluator
 
 

@@ -17,7 +17,7 @@ import mlflow.tracking
 import numpy as np
 import torch
 
-from .checkpoints import MODEL_FILE, ModelFileError, load_model, method_from_payload, read_model_file
+from ..train.checkpoints import MODEL_FILE, ModelFileError, load_model, method_from_payload, read_model_file
 
 MODEL_ARTIFACT = "model"
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from logicad.data import load_split
 from logicad.data.transforms import train_transform
+from logicad.data.views import training_view
 from logicad.models.base import Method, Stage, build_method, method_class
 
 from .checkpoints import MODEL_FILE, read_model_file, save_model
@@ -53,6 +54,12 @@ class WorkerSpec:
     #: tuning objective reported with every checkpoint: "synthetic" (leak-free), "test", or None
     objective: str | None = None
     objective_seed: int = 0
+    #: the dataset's s3:// URI when it lives in S3: every worker syncs it into its own node's
+    #: cache (`data_root` is then the driver's copy, used only where the worker's sync is skipped)
+    data_uri: str | None = None
+    s3_endpoint_url: str | None = None
+    #: where a node keeps synced datasets (default: the driver's LOGICAD_CACHE / ~/.cache/logicad)
+    cache_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,14 +77,32 @@ def tune_trial(trial_config: dict[str, Any]) -> None:
     run_loop(spec, TuneSession())
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the step and the term."""
+
+
+def local_data_root(spec: WorkerSpec) -> str:
+    """This node's copy of the dataset: an s3:// dataset is synced into the node cache (locked,
+    changed-only, so workers sharing a node download it once); a local root is used as is."""
+    if not spec.data_uri:
+        return spec.data_root
+    from ..storage import S3Settings, sync_dataset
+
+    cache = Path(spec.cache_dir or os.environ.get("LOGICAD_CACHE", Path.home() / ".cache" / "logicad"))
+    return str(sync_dataset(spec.data_uri, cache / "s3", S3Settings.from_env(spec.s3_endpoint_url)))
+
+
 def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     rank, world_size = world()
     device = session.device()
     config = method_class(spec.method).config_cls.build(spec.config)
     torch.manual_seed(config.seed)  # identical initial replicas (DDP also broadcasts rank 0's)
     method = build_method(spec.method, config).to(device, memory_format=torch.channels_last)
+    spec.data_root = local_data_root(spec)
     train_set = load_split(spec.dataset, spec.data_root, spec.category, "train", config.image_size, train_transform())
     val_set = load_split(spec.dataset, spec.data_root, spec.category, "validation", config.image_size)
+    # the split `finalize` reads: the training images (no augmentation) or the validation split
+    stats_set = train_set if method.finalize_split == "train" else val_set
     collective = TorchCollective()
     state = _restore(method, session)
     first_attempt = state is None
@@ -95,13 +120,14 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     rates = []
     for index in range(state["stage"], len(stages)):
         start = state["step"] if index == state["stage"] else 0
-        rates.append(_run_stage(spec, session, method, ddp, stages, index, start, train_set, val_set, device,
-                                logger, fault))
-    method.finalize(_stats_loader(val_set, config, device), collective)
+        rates.append(_run_stage(spec, session, method, ddp, stages, index, start, train_set, stats_set, val_set,
+                                device, logger, fault))
+    method.finalize(_stats_loader(stats_set, config, device), collective)
     objective = _objective(spec, method, val_set, device)
     health = {"resumed_from": None if first_attempt else {"stage": state["stage"], "step": state["step"]},
               "replica_divergence": replica_divergence(method, collective),
-              "train_images_per_second": rates[-1] * config.batch_size * world_size if rates else None,
+              "train_images_per_second": (rates[-1] * (stages[-1].batch_size or config.batch_size) * world_size
+                                          if rates else None),
               **objective}
     _report_final(spec, session, method, stages, device, health)
 
@@ -120,12 +146,12 @@ def _stats_loader(dataset, config, device) -> DeviceLoader:
     return DeviceLoader(loader, device)
 
 
-def _batches(session: TrainSession, dataset, config, device, epoch: int) -> Iterator[dict]:
+def _batches(session: TrainSession, dataset, config, batch_size: int, device, epoch: int) -> Iterator[dict]:
     """Endless shuffled batches of this worker's share, reshuffled each epoch."""
     rank, world_size = world()
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=len(dataset) // world_size >= config.batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=config.num_workers,
+                        drop_last=len(dataset) // world_size >= batch_size)
     loader = session.prepare_loader(loader, device)
     while True:
         sampler.set_epoch(epoch)
@@ -141,14 +167,23 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[Stage], index: int, start: int,
-               train_set, val_set, device, logger, fault: int = 0) -> float:
-    """Train one stage from `start`; returns its steps per second."""
+               train_set, stats_set, val_set, device, logger, fault: int = 0) -> float:
+    """Train one stage from `start`; returns its steps per second.
+
+    Losses stay on the device: they are read (one host sync) only every `log_every`
+    steps and at checkpoints, so a GPU step is never stalled by logging. A non-finite
+    loss term is recorded on the device at the step it happens and raised when read.
+    """
     stage, config = stages[index], method.config
     rank, world_size = world()
-    steps_per_epoch = max(1, len(train_set) // (world_size * config.batch_size))
-    batches = _batches(session, train_set, config, device, epoch=start // steps_per_epoch)
+    batch_size = stage.batch_size or config.batch_size
+    view = training_view(train_set, stage.data, config.seed + rank)
+    steps_per_epoch = max(1, len(view) // (world_size * batch_size))
+    batches = _batches(session, view, config, batch_size, device, epoch=start // steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16" and device.type == "cuda")
     progress = Progress(f"{spec.method}:{stage.name}", stage.steps, start, enabled=rank == 0)
+    tracker = LossTracker(device)
+    method.start_stage(stage.name)
     ddp.train()
     for step in range(start, stage.steps):
         if fault and step + _offset(stages, index) == fault:
@@ -157,23 +192,61 @@ def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[St
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with _autocast(device, config.precision):
             losses = ddp(batch, stage=stage.name)
-        stage.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(stage.optimizer)
+        for optimizer in stage.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()  # one backward: DDP all-reduces every gradient once
+        for optimizer in stage.optimizers:
+            scaler.step(optimizer)
         scaler.update()
-        if stage.scheduler is not None:
-            stage.scheduler.step()
+        for scheduler in stage.schedulers:
+            if scheduler is not None:
+                scheduler.step()
         method.after_step(stage.name)
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if progress.update(step + 1, values, every=spec.log_every) and logger is not None:
-            logger(step + 1 + _offset(stages, index), values, progress.rate)
         done = step + 1
-        if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps:
+        tracker.add(done + _offset(stages, index), losses)
+        checkpoint_due = spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < stage.steps
+        if done % max(spec.log_every, 1) == 0 or done == stage.steps or checkpoint_due:
+            values = tracker.read(f"{spec.method}:{stage.name}")
+            if progress.update(done, values, every=1) and logger is not None:
+                logger(done + _offset(stages, index), values, progress.rate)
+        if checkpoint_due:
             if spec.objective:
-                method.finalize(_stats_loader(val_set, config, device), TorchCollective())
+                method.finalize(_stats_loader(stats_set, config, device), TorchCollective())
             values = {**values, **_objective(spec, method, val_set, device)}
             _report_checkpoint(session, method, stages, index, done, values)
     return progress.rate
+
+
+class LossTracker:
+    """Loss values kept on the device between reads: the latest value of each term, and
+    the first step at which any term was NaN/inf (no host sync until `read`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.latest: dict[str, torch.Tensor] = {}
+        self.first_bad: dict[str, torch.Tensor] = {}
+        self.device = device
+
+    def add(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        for key, value in losses.items():
+            value = value.detach().float()
+            self.latest[key] = value
+            bad = self.first_bad.setdefault(key, torch.full((), -1, dtype=torch.long, device=value.device))
+            # first non-finite step, kept by a branch-free device update
+            flag = (~torch.isfinite(value)).all() & (bad < 0)
+            self.first_bad[key] = torch.where(flag, torch.full_like(bad, step), bad)
+
+    def read(self, where: str) -> dict[str, float]:
+        """Latest values as floats (one sync); NonFiniteLossError if any term went non-finite."""
+        if not self.latest:
+            return {}
+        keys = list(self.latest)
+        values = torch.stack([self.latest[k] for k in keys]).tolist()
+        bad_steps = torch.stack([self.first_bad[k] for k in keys]).tolist()
+        for key, bad in zip(keys, bad_steps):
+            if bad >= 0:
+                raise NonFiniteLossError(f"{where}: non-finite loss at step {bad}: term {key!r} is not finite "
+                                         f"(lower lr, use precision=32, or check the data)")
+        return dict(zip(keys, values))
 
 
 def _die(delay: float = 5.0) -> None:
@@ -188,19 +261,24 @@ def _offset(stages: list[Stage], index: int) -> int:
 
 
 def _training_state(stages: list[Stage], index: int, step: int) -> dict[str, Any]:
+    """Where training is and every optimizer's and scheduler's state, per stage."""
     return {
         "stage": index,
         "step": step,
-        "optimizers": [s.optimizer.state_dict() for s in stages],
-        "schedulers": [s.scheduler.state_dict() if s.scheduler else None for s in stages],
+        "optimizers": [[o.state_dict() for o in s.optimizers] for s in stages],
+        "schedulers": [[x.state_dict() if x else None for x in s.schedulers] for s in stages],
     }
 
 
 def _load_training_state(stages: list[Stage], state: dict[str, Any]) -> None:
-    for stage, opt, sched in zip(stages, state.get("optimizers", []), state.get("schedulers", [])):
-        stage.optimizer.load_state_dict(opt)
-        if stage.scheduler is not None and sched is not None:
-            stage.scheduler.load_state_dict(sched)
+    for stage, opts, scheds in zip(stages, state.get("optimizers", []), state.get("schedulers", [])):
+        if isinstance(opts, dict):  # checkpoints written before stages had several optimizers
+            opts, scheds = [opts], [scheds]
+        for optimizer, saved in zip(stage.optimizers, opts):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(stage.schedulers, scheds):
+            if scheduler is not None and saved is not None:
+                scheduler.load_state_dict(saved)
 
 
 def _report_checkpoint(session: TrainSession, method: Method, stages: list[Stage], index: int, step: int,
@@ -219,7 +297,7 @@ def _objective(spec: WorkerSpec, method: Method, val_set, device: torch.device) 
     """The tuning objective of the finalized method (rank 0 scores; others report nothing)."""
     if not spec.objective:
         return {}
-    from .objective import objective_metrics
+    from ..tune.objective import objective_metrics
 
     if world()[0] != 0:
         return {}
@@ -255,7 +333,7 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
     with tempfile.TemporaryDirectory() as tmp:
         metrics: dict[str, Any] = {}
         if spec.evaluate:
-            from .evaluate import evaluate_to_dir
+            from ..evaluate.scoring import evaluate_to_dir
 
             metrics = evaluate_to_dir(method, spec.dataset, spec.data_root, spec.category, Path(tmp), device,
                                       **spec.eval_options)
@@ -272,6 +350,6 @@ def _step_logger(spec: WorkerSpec):
     """Rank 0 logs losses and throughput into the driver's MLflow run, live."""
     if not (spec.tracking_uri and spec.run_id):
         return None
-    from .tracking import StepLogger
+    from ..registry.tracking import StepLogger
 
     return StepLogger(spec.tracking_uri, spec.run_id)

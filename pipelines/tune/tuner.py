@@ -18,13 +18,13 @@ from typing import Any
 
 import yaml
 
-from . import tracking
-from .checkpoints import MODEL_FILE, load_model, update_model_file
-from .config import flatten
+from ..registry import tracking
+from ..train.checkpoints import MODEL_FILE, load_model, update_model_file
+from ..config import flatten
 from .search_space import SearchSpace, to_tune
-from .train import TrainJob, check_inputs, data_identity, ensure_ray
-from .tune_tracking import MlflowTrialRuns
-from .worker import WorkerSpec, tune_trial
+from ..train.driver import TrainJob, check_inputs, data_identity, ensure_ray
+from .trial_runs import MlflowTrialRuns
+from ..train.worker import WorkerSpec, tune_trial
 
 
 @dataclass
@@ -115,8 +115,8 @@ def best_config(tj: TuneJob, params: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, Any]:
     """Score the best trial on the test split, register its model, write the best config."""
-    from .evaluate import evaluate_to_dir
-    from .mlflow_model import log_and_register
+    from ..evaluate.scoring import evaluate_to_dir
+    from ..registry.pyfunc import log_and_register
 
     import mlflow
     import torch

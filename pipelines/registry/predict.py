@@ -17,9 +17,9 @@ import torch
 from logicad.data import AnomalyDataset, Sample
 from logicad.data.layouts import images_below
 
-from .checkpoints import method_from_payload
-from .evaluate import score_batches
-from .progress import Progress
+from ..train.checkpoints import method_from_payload
+from ..evaluate.scoring import score_batches
+from ..train.progress import Progress
 
 
 def overlay(rgb: np.ndarray, amap: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -23,7 +23,7 @@ def image_folder_dataset(root: Path, image_size: int, max_images: int) -> Anomal
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
     from logicad.models.distill import distill_teacher, save_teacher
 
-    from .cli import synthetic_default
+    from ..cli import synthetic_default
     from .progress import format_seconds
 
     root = Path(args.images) if args.images else synthetic_default()[0]

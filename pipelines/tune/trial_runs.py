@@ -7,7 +7,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from . import tracking
+from ..registry import tracking
 
 SKIP = {"config", "date", "hostname", "node_ip", "pid", "timestamp", "time_this_iter_s", "time_total_s", "trial_id",
         "experiment_tag", "done", "should_checkpoint", "checkpoint_dir_name", "time_since_restore",

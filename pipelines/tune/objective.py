@@ -18,8 +18,8 @@ import torch
 from logicad.data import AnomalyDataset
 from logicad.models.base import Method
 
-from .evaluate import evaluate_method, score_batches
-from .metrics import image_aurocs
+from ..evaluate.scoring import evaluate_method, score_batches
+from ..evaluate.metrics import image_aurocs
 
 OBJECTIVES = ("synthetic", "test")
 OBJECTIVE_METRIC = "objective"

@@ -1,0 +1,45 @@
+"""Training-set views: what a training stage sees instead of the plain images.
+
+A method's `Stage.data` names a view as a plain dict (`{"view": NAME, **options}`), so
+models stay free of data-loading code and the training loop stays free of method
+code: the loop calls `training_view(train_set, stage.data, seed)` and iterates the
+result. A view wraps an `AnomalyDataset` (decoded uint8 images in memory, see
+`dataset.py`) and serves items with at least the keys of `make_item`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+
+ViewBuilder = Callable[[Dataset, Mapping[str, Any], int], Dataset]
+VIEWS: dict[str, ViewBuilder] = {}
+#: modules that register the project's own views when imported
+_BUILTIN_VIEW_MODULES: tuple[str, ...] = ()
+
+
+def register_view(name: str) -> Callable[[ViewBuilder], ViewBuilder]:
+    """Decorator: make `builder(dataset, options, seed) -> Dataset` available as `name`."""
+
+    def decorate(builder: ViewBuilder) -> ViewBuilder:
+        VIEWS[name] = builder
+        return builder
+
+    return decorate
+
+
+def training_view(dataset: Dataset, spec: Mapping[str, Any] | None, seed: int = 0) -> Dataset:
+    """`dataset` itself for no spec, else the named view over it (options from the spec)."""
+    if not spec:
+        return dataset
+    for module in _BUILTIN_VIEW_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    options = dict(spec)
+    name = options.pop("view", None)
+    if name not in VIEWS:
+        raise DatasetError(f"unknown training-set view {name!r}; registered views: {', '.join(sorted(VIEWS)) or 'none'}")
+    return VIEWS[name](dataset, options, seed)

@@ -1,0 +1,1 @@
+"""Evaluate: MVTec LOCO metrics, scoring a method on a split, evaluate-maps, plots."""

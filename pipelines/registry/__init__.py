@@ -1,0 +1,1 @@
+"""Registry: MLflow tracking, the pyfunc model, the promotion gate, predict."""

@@ -1,0 +1,1 @@
+"""Tune: Ray Tune sweeps, search-space files, tuning objectives, MLflow child runs."""
