@@ -1,7 +1,8 @@
-"""DFSC on every synthetic LOCO category with a fixed budget, through the real pipeline
+"""Any method on every synthetic LOCO category with a fixed budget, through the real pipeline
 (Ray Train, MLflow): quality (image AUROC per kind, sPRO) and speed, written as JSON + a table.
 
-    python benchmarks/dfsc_synthetic.py --out benchmarks/results/dfsc_synthetic.json [--max-steps N]
+    python benchmarks/quality_synthetic.py --method dfsc [--preset cpu-synthetic] [--set key=value ...]
+    # writes benchmarks/results/<method>_synthetic.json unless --out is given
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def images_per_second_b16(model_dir: Path, data: Path, category: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="benchmarks/results/dfsc_synthetic.json")
+    parser.add_argument("--method", default="dfsc")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/<method>_synthetic.json")
     parser.add_argument("--preset", default="cpu-synthetic")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--categories", default=",".join(CATEGORIES))
@@ -51,19 +53,20 @@ def main() -> None:
         data = Path(tmp) / "data"
         make_synthetic(data, SyntheticSpec(seed=0))
         for category in args.categories.split(","):
-            config = resolve_config("dfsc", args.set, preset=args.preset)
-            job = TrainJob("dfsc", config, "mvtec_loco", str(data), category, preset=args.preset,
+            config = resolve_config(args.method, args.set, preset=args.preset)
+            job = TrainJob(args.method, config, "mvtec_loco", str(data), category, preset=args.preset,
                            output_dir=f"{tmp}/{category}", storage_path=f"{tmp}/ray",
                            tracking_uri=f"sqlite:///{tmp}/mlflow.db", register=False, log_every=50)
             record = run_train(job)
             record["images_per_second_b16"] = images_per_second_b16(Path(f"{tmp}/{category}/model"), data, category)
             rows[category] = {k: record.get(k) for k in COLUMNS}
-    result = {"method": "dfsc", "preset": args.preset, "config": config.to_dict(), "categories": rows,
+    result = {"method": args.method, "preset": args.preset, "config": config.to_dict(), "categories": rows,
               "mean": {k: sum(r[k] for r in rows.values()) / len(rows) for k in COLUMNS[:5]},
               "peak_rss_gb_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
               "torch_threads": torch.get_num_threads()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out = Path(args.out or f"benchmarks/results/{args.method}_synthetic.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(" | ".join(["category", *COLUMNS]))
     for name, row in rows.items():
         print(" | ".join([name, *(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in COLUMNS)]))
