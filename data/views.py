@@ -19,7 +19,7 @@ from .errors import DatasetError
 ViewBuilder = Callable[[Dataset, Mapping[str, Any], int], Dataset]
 VIEWS: dict[str, ViewBuilder] = {}
 #: modules that register the project's own views when imported
-_BUILTIN_VIEW_MODULES: tuple[str, ...] = ()
+_BUILTIN_VIEW_MODULES: tuple[str, ...] = ("simulation",)
 
 
 def register_view(name: str) -> Callable[[ViewBuilder], ViewBuilder]:
