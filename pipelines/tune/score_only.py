@@ -1,0 +1,181 @@
+"""Score-only sweeps: search the config keys that change no weight, without retraining.
+
+Some keys only change how a trained model turns its network outputs into a map and a
+score (GLCF's branch weights W_L, W_G and scale weights K). A method lists them in
+`MethodConfig.SCORE_ONLY` and splits scoring into `score_parts` (the networks, run once
+per image here) and `maps_from_parts` (cheap arithmetic under the current config). This
+sweep loads a trained model once, caches the parts of the objective's images, puts them
+in Ray's object store once, and lets Ray Tune score hundreds of settings in minutes;
+`training_step` is never called.
+
+The objective is the same as a training sweep's: leak-free by default (validation normals
+vs anomalies synthesised from them), `--objective test` only when asked, and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from logicad.data import load_split
+from logicad.models.base import ConfigError, Method
+
+from ..evaluate.metrics import image_aurocs
+from ..registry import tracking
+from .objective import OBJECTIVE_METRIC
+from .search_space import SearchSpace, load_space, to_tune
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def resolve_model_ref(ref: str) -> str:
+    """A bare MLflow run id becomes that run's logged model (runs:/ID/model); paths and
+    models:/ or runs:/ URIs pass through."""
+    if RUN_ID.match(ref) and not Path(ref).exists():
+        from ..registry.pyfunc import MODEL_ARTIFACT
+
+        return f"runs:/{ref}/{MODEL_ARTIFACT}"
+    return ref
+
+
+def check_score_only(space: SearchSpace, method: Method, path: str) -> None:
+    """Every searched (and fixed) key must be score-only for this method: anything else needs training."""
+    allowed = method.config_cls.SCORE_ONLY
+    wrong = [k for k in [*space.space, *space.fixed] if k not in allowed]
+    if wrong:
+        raise ConfigError(
+            f"{path}: {wrong} change trained weights, so a score-only sweep cannot search them; "
+            f"score-only keys of {method.name}: {', '.join(allowed) or 'none'} (use `logicad tune` without --from-run)")
+
+
+def objective_set(method: Method, objective: str, dataset: str, root: str, category: str | None, seed: int):
+    """The images a trial is scored on: synthesised anomalies from validation normals, or the test split."""
+    size = method.config.image_size
+    if objective == "test":
+        return load_split(dataset, root, category, "test", size)
+    from logicad.data.anomaly_synthesis import SyntheticAnomalySet
+
+    return SyntheticAnomalySet(load_split(dataset, root, category, "validation", size), seed=seed)
+
+
+@torch.no_grad()
+def cache_parts(method: Method, images, device: torch.device, batch_size: int = 16) -> tuple[dict, list[str]]:
+    """(every image's `score_parts` concatenated on the CPU, the images' kinds)."""
+    from torch.utils.data import DataLoader
+
+    method.eval().to(device)
+    parts: dict[str, list[torch.Tensor]] = {}
+    kinds: list[str] = []
+    for batch in DataLoader(images, batch_size=batch_size, shuffle=False):
+        with torch.inference_mode():
+            for key, value in method.score_parts(batch["image"].to(device)).items():
+                parts.setdefault(key, []).append(value.float().cpu())
+        kinds.extend(batch["kind"])
+    return {k: torch.cat(v) for k, v in parts.items()}, kinds
+
+
+@torch.no_grad()
+def score_setting(method: Method, params: dict[str, Any], parts: dict[str, torch.Tensor], kinds: list[str],
+                  chunk: int = 32) -> dict[str, float | None]:
+    """Image AUROCs of the cached parts under the config with `params` set (no network runs)."""
+    method.config = method.config.replace(**params)
+    total = len(kinds)
+    scores = []
+    for start in range(0, total, chunk):
+        piece = {k: v[start:start + chunk] for k, v in parts.items()}
+        scores.append(method.image_score(method.maps_from_parts(piece)).float())
+    return image_aurocs(torch.cat(scores).numpy(), kinds)
+
+
+def _trial(params: dict[str, Any], method: Method, parts: dict[str, torch.Tensor], kinds: list[str]) -> None:
+    """Ray Tune function trainable: one setting, one report."""
+    import ray.tune
+
+    aurocs = score_setting(method, params, parts, kinds)
+    ray.tune.report({OBJECTIVE_METRIC: aurocs["image_auroc"], f"{OBJECTIVE_METRIC}_logical":
+                     aurocs["image_auroc_logical"], f"{OBJECTIVE_METRIC}_structural": aurocs["image_auroc_structural"]})
+
+
+def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds: list[str], num_samples: int,
+                         storage: str, name: str):
+    """Ray Tune over the space with the cached parts shared through the object store once."""
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig, Tuner
+
+    from .tuner import _search
+
+    trainable = tune.with_parameters(_trial, method=method.cpu(), parts=parts, kinds=kinds)
+    trainable = tune.with_resources(trainable, {"cpu": 1})
+    tuner = Tuner(
+        trainable,
+        param_space=to_tune(space),
+        tune_config=TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
+                               search_alg=_search(space), max_concurrent_trials=space.budget_value("max_concurrent", 0)
+                               or None),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage).absolute()), verbose=0),
+    )
+    return tuner.fit()
+
+
+def cmd_score_only(args: argparse.Namespace) -> int:
+    """`logicad tune --from-run RUN --space SPACE`: a score-only sweep of RUN's trained model."""
+    from ..cli import resolve_data
+    from ..registry.pyfunc import load_method_any
+    from ..train.driver import ensure_ray
+
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    ref = resolve_model_ref(args.from_run)
+    method = load_method_any(ref)
+    space = load_space(args.space, method.name)
+    if getattr(args, "method", None) and args.method != method.name:
+        raise ConfigError(f"--method {args.method} but {args.from_run} is a {method.name} model")
+    check_score_only(space, method, str(args.space))
+    objective = args.objective or space.objective
+    data, category, _ = resolve_data(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    parts, kinds = cache_parts(method, objective_set(method, objective, args.dataset, data, category, 0), device)
+    cached = time.perf_counter() - start
+    print(f"score-only sweep of {ref}: {len(kinds)} {objective}-objective images, parts cached in {cached:.1f} s "
+          f"({sum(v.numel() * 4 for v in parts.values()) / 2**20:.0f} MB); searching {sorted(space.space)}",
+          flush=True)
+    ensure_ray()
+    num_samples = args.num_samples or space.budget_value("num_samples", 64)
+    name = args.name or f"score-only-{method.name}-{category or args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = run_score_only_sweep(method, space, parts, kinds, num_samples, args.storage, name)
+    return _report(args, uri, ref, method, space, objective, results, name, time.perf_counter() - start)
+
+
+def _report(args, uri: str, ref: str, method: Method, space: SearchSpace, objective: str, results, name: str,
+            seconds: float) -> int:
+    """Best setting: printed, written as a full config YAML, logged as one MLflow run."""
+    best = results.get_best_result(metric=space.metric, mode=space.mode)
+    params = {k: v for k, v in best.config.items() if k in space.space}
+    config = method.config.replace(**params).to_dict()
+    out = Path(getattr(args, "output", None) or "outputs/tune") / name
+    out.mkdir(parents=True, exist_ok=False)
+    (out / "best_config.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in config.items()}, sort_keys=True))
+    frame = results.get_dataframe()
+    frame.to_csv(out / "trials.csv", index=False)
+    value = best.metrics[space.metric]
+    run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, name,
+                                {"from_model": ref, "objective": objective, "trials": len(frame),
+                                 **{f"best.{k}": v for k, v in params.items()}},
+                                {"logicad.sweep": name, "logicad.sweep_kind": "score-only",
+                                 "logicad.objective": objective})
+    tracking.log_results(uri, run_id, {"best_objective": value, "seconds": round(seconds, 2)}, out)
+    tracking.end_run(uri, run_id)
+    print(f"best of {len(frame)} score-only settings ({objective} objective, {space.metric} {value:.4f}, "
+          f"{seconds:.1f} s, no retraining): {params}")
+    print(f"best config written to {out / 'best_config.yaml'} (logicad train --config FILE, or score with it)")
+    return 0
