@@ -123,9 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if preset:
         print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)
     job = TrainJob(args.method, config, args.dataset, data, category, preset, args.workers,
-                   None if not args.cpu else False, args.output, storage, args.run_name, args.resume,
-                   args.checkpoint_every, args.max_failures, tracking_uri=args.tracking_uri,
-                   storage_filesystem=filesystem)
+                   gpus_per_worker=0.0 if args.cpu else args.gpus_per_worker, output_dir=args.output,
+                   storage_path=storage, run_name=args.run_name, resume=args.resume,
+                   checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+                   tracking_uri=args.tracking_uri, storage_filesystem=filesystem)
     record = run_train(job)
     print_headline(record)
     return 0
@@ -158,7 +159,10 @@ def add_train(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: at the end only)")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures survived via checkpoint resume")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
-    p.add_argument("--cpu", action="store_true", help="do not use a GPU even if one is present")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs each worker asks Ray for (default: auto, 1 when the cluster has or can "
+                        "autoscale GPU nodes, else 0 = CPU)")
+    p.add_argument("--cpu", action="store_true", help="train on CPU (same as --gpus-per-worker 0)")
     p.set_defaults(func=cmd_train)
 
 
@@ -206,7 +210,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.workers_per_trial != 1:
         print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
     name = args.name or f"sweep-{args.method}-{category or args.dataset}"
-    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume), name)
+    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), name)
     print(f"best trial of {name}: {space.metric} {record['best_objective']:.4f} ({space.objective} objective), "
           f"params {record['best_params']}")
     print_headline({**record, "train_seconds": None})
@@ -238,6 +242,9 @@ def add_tune(sub) -> None:
     p.add_argument("--storage", default="ray_results", help="local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each trial asks Ray for (overrides the space's budget.gpu_per_trial; "
+                        "default: auto, 1 when the cluster has or can autoscale GPU nodes)")
     p.add_argument("--name", default=None, help="sweep name (resume uses it)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     p.add_argument("--output", default="outputs/tune")
@@ -326,12 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train.checkpoints import ModelFileError
     from .storage import StorageError
     from .registry.tracking import TrackingError
+    from .train.resources import ResourceRequestError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
-            StorageError) as exc:
+            StorageError, ResourceRequestError) as exc:
         print(f"logicad: error: {exc}", file=sys.stderr)
         return 2
 

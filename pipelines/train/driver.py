@@ -16,6 +16,7 @@ from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
+from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .worker import WorkerSpec, train_loop
 
@@ -34,7 +35,7 @@ class TrainJob:
     category: str | None = None
     preset: str | None = None
     workers: int = 1
-    use_gpu: bool | None = None  # None: use a GPU when Ray sees one
+    gpus_per_worker: float | None = None  # None: auto (GPUs when the cluster has or can autoscale them)
     output_dir: str = "outputs"
     storage_path: str = "ray_results"
     run_name: str | None = None
@@ -114,17 +115,24 @@ def _run_dirs(job: TrainJob) -> list[str]:
     return [info.base_name for info in infos if info.type == fs.FileType.Directory]
 
 
-def _scaling(job: TrainJob):
+def resolve_gpus(job: TrainJob) -> GpuDecision:
+    """The GPU request per worker, decided (and printed) before any work starts."""
+    decision = decide_gpus(job.gpus_per_worker, job.workers, cluster_gpu_view())
+    print(decision.line, flush=True)
+    return decision
+
+
+def _scaling(job: TrainJob, gpus: GpuDecision):
     import ray
     from ray.train import ScalingConfig
 
-    use_gpu = job.use_gpu if job.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_worker = max(1, int(cpus // max(job.workers, 1))) if not use_gpu else 1
-    return ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker})
+    per_worker = max(1, int(cpus // max(job.workers, 1))) if not gpus.use_gpu else 1
+    resources = {"CPU": per_worker, **({"GPU": gpus.per_unit} if gpus.use_gpu else {})}
+    return ScalingConfig(num_workers=job.workers, use_gpu=gpus.use_gpu, resources_per_worker=resources)
 
 
-def fit(job: TrainJob, spec: WorkerSpec, run_name: str):
+def fit(job: TrainJob, spec: WorkerSpec, run_name: str, gpus: GpuDecision):
     """Run the Ray Train job; the Result (its checkpoint holds model.pt and metrics.json)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -133,7 +141,7 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str):
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec.to_dict(),
-        scaling_config=_scaling(job),
+        scaling_config=_scaling(job, gpus),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,
@@ -151,6 +159,7 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     uri = job.tracking_uri or tracking.default_tracking_uri()
     tracking.preflight(uri)
     ensure_ray()
+    gpus = resolve_gpus(job)
     run_name = _run_name(job)
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
               "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
@@ -161,7 +170,7 @@ def run_train(job: TrainJob) -> dict[str, Any]:
                       run_id=run_id, evaluate=job.dataset != "folder", fault_at_step=job.fault_at_step)
     start = time.perf_counter()
     try:
-        result = fit(job, spec, run_name)
+        result = fit(job, spec, run_name, gpus)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise

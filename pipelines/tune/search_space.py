@@ -13,7 +13,10 @@ metric, scheduler, search algorithm and budget, validated before any trial start
       quantile: {choice: [0.99, 0.995, 0.999]}
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     search: {algorithm: random}   # or optuna (TPE)
-    budget: {num_samples: 8, max_concurrent: 2, cpu_per_trial: 1, gpu_per_trial: 0, report_every: 50}
+    budget: {num_samples: 8, max_concurrent: 2, cpu_per_trial: 1, gpu_per_trial: auto, report_every: 50}
+
+`gpu_per_trial: auto` (or leaving it out) asks for 1 GPU per trial when the cluster has GPUs
+or can autoscale GPU nodes; `--gpus-per-trial` on the command line overrides it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..config import read_yaml_mapping
 from .objective import OBJECTIVES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
-SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "tune_spaces"  # the repository's tune_spaces/
 TOP_KEYS = ("method", "metric", "mode", "objective", "preset", "fixed", "space", "scheduler", "search", "budget")
 
 

@@ -23,6 +23,7 @@ from ..train.checkpoints import MODEL_FILE, load_model, update_model_file
 from ..config import flatten
 from .search_space import SearchSpace, to_tune
 from ..train.driver import TrainJob, check_inputs, data_identity, ensure_ray
+from ..train.resources import GpuDecision, cluster_gpu_view, decide_gpus
 from .trial_runs import MlflowTrialRuns
 from ..train.worker import WorkerSpec, tune_trial
 
@@ -34,6 +35,19 @@ class TuneJob:
     num_samples: int | None = None
     storage_filesystem: Any = None  # pyarrow filesystem for s3:// storage
     resume: bool = False
+    gpus_per_trial: float | None = None  # --gpus-per-trial; None: the space's budget, else auto
+
+
+def resolve_trial_gpus(tj: TuneJob) -> GpuDecision:
+    """GPUs per trial: --gpus-per-trial, else the space's `budget.gpu_per_trial` (a number), else
+    auto (GPUs when the cluster has or can autoscale them); printed before any trial starts."""
+    requested = tj.gpus_per_trial
+    if requested is None:
+        budget = tj.space.budget_value("gpu_per_trial", "auto")
+        requested = None if budget in (None, "auto") else float(budget)
+    decision = decide_gpus(requested, 1, cluster_gpu_view(), unit="trial", flag="--gpus-per-trial")
+    print(decision.line, flush=True)
+    return decision
 
 
 def _scheduler(space: SearchSpace, max_reports: int):
@@ -58,15 +72,14 @@ def _search(space: SearchSpace):
                               max_concurrent=int(space.budget_value("max_concurrent", 2)))
 
 
-def _trainable(space: SearchSpace):
+def _trainable(space: SearchSpace, gpus: GpuDecision):
     from ray import tune
 
-    resources = {"cpu": float(space.budget_value("cpu_per_trial", 1)),
-                 "gpu": float(space.budget_value("gpu_per_trial", 0))}
+    resources = {"cpu": float(space.budget_value("cpu_per_trial", 1)), "gpu": gpus.per_unit}
     return tune.with_resources(tune_trial, resources)
 
 
-def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list):
+def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus: GpuDecision):
     """A new Tuner, or the interrupted one restored from its storage."""
     from ray import tune
     from ray.tune import RunConfig, TuneConfig
@@ -77,13 +90,13 @@ def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list):
                            callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if tj.resume:
         path = f"{storage.rstrip('/')}/{name}"
-        return tune.Tuner.restore(path, trainable=_trainable(space), resume_unfinished=True, resume_errored=True,
+        return tune.Tuner.restore(path, trainable=_trainable(space, gpus), resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=tj.storage_filesystem)
     max_reports = job.config.max_steps // max(spec.checkpoint_every, 1) + 1
     tune_config = TuneConfig(metric=space.metric, mode=space.mode, scheduler=_scheduler(space, max_reports),
                              search_alg=_search(space), num_samples=tj.num_samples or space.budget_value(
                                  "num_samples", 8), max_concurrent_trials=int(space.budget_value("max_concurrent", 2)))
-    return tune.Tuner(_trainable(space), param_space={"spec": spec.to_dict(), "params": to_tune(space)},
+    return tune.Tuner(_trainable(space, gpus), param_space={"spec": spec.to_dict(), "params": to_tune(space)},
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -94,6 +107,7 @@ def run_tune(tj: TuneJob, name: str) -> dict[str, Any]:
     uri = job.tracking_uri or tracking.default_tracking_uri()
     tracking.preflight(uri)
     ensure_ray()
+    gpus = resolve_trial_gpus(tj)
     parent = tracking.find_or_start_run(uri, job.experiment, name, {
         **flatten("space", space.space), **flatten("fixed", space.fixed), "method": job.method,
         "objective": space.objective, "metric": space.metric, "category": job.category, "preset": space.preset},
@@ -102,7 +116,7 @@ def run_tune(tj: TuneJob, name: str) -> dict[str, Any]:
                       data_root=str(Path(job.data_root).absolute()), category=job.category,
                       checkpoint_every=int(space.budget_value("report_every", 50)), log_every=job.log_every,
                       evaluate=False, objective=space.objective)
-    results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)]).fit()
+    results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)], gpus).fit()
     tracking.end_orphan_children(uri, parent)
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     return _finish(tj, uri, parent, best, name)
