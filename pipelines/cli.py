@@ -104,6 +104,13 @@ def resolve_data(args: argparse.Namespace) -> tuple[str, str | None, bool]:
     return args.data, args.category, False
 
 
+def remote_data(args: argparse.Namespace) -> dict[str, str | None]:
+    """TrainJob fields that make every worker sync an s3:// --data into its own node cache."""
+    if not (args.data or "").startswith("s3://"):
+        return {}
+    return {"data_uri": args.data, "s3_endpoint_url": args.s3_endpoint_url}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .train.driver import TrainJob, run_train
@@ -126,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    gpus_per_worker=0.0 if args.cpu else args.gpus_per_worker, output_dir=args.output,
                    storage_path=storage, run_name=args.run_name, resume=args.resume,
                    checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                   tracking_uri=args.tracking_uri, storage_filesystem=filesystem)
+                   tracking_uri=args.tracking_uri, storage_filesystem=filesystem, **remote_data(args))
     record = run_train(job)
     print_headline(record)
     return 0
@@ -206,7 +213,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data, category, _ = resolve_data(args)
     config = resolve_config(args.method, [f"{k}={v}" for k, v in space.fixed.items()], None, space.preset)
     job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
-                   storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000)
+                   storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000, **remote_data(args))
     if args.workers_per_trial != 1:
         print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
     name = args.name or f"sweep-{args.method}-{category or args.dataset}"

@@ -49,6 +49,20 @@ class TrainJob:
     tags: dict[str, str] = field(default_factory=dict)
     fault_at_step: int = 0  # chaos testing: a worker kills itself at this step (first attempt only)
     storage_filesystem: Any = None  # pyarrow filesystem when storage_path is an S3 bucket/prefix
+    #: the dataset's s3:// URI (data_root is then the driver's synced copy): every worker syncs it
+    #: into its own node cache (`cache_dir`, default each node's LOGICAD_CACHE or ~/.cache/logicad)
+    data_uri: str | None = None
+    s3_endpoint_url: str | None = None
+    cache_dir: str | None = None
+
+
+def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
+    """What every worker (or trial) gets: the job's method, config and data (with the s3:// URI
+    each node syncs from), plus `kw`."""
+    return WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
+                      data_root=str(Path(job.data_root).absolute()), category=job.category,
+                      log_every=job.log_every, data_uri=job.data_uri, s3_endpoint_url=job.s3_endpoint_url,
+                      cache_dir=job.cache_dir, **kw)
 
 
 def check_paths(config: MethodConfig) -> None:
@@ -164,10 +178,8 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
               "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
     run_id = tracking.start_run(uri, job.experiment, run_name, params, {"preset": job.preset or "none", **job.tags})
-    spec = WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
-                      data_root=str(Path(job.data_root).absolute()), category=job.category,
-                      checkpoint_every=job.checkpoint_every, log_every=job.log_every, tracking_uri=uri,
-                      run_id=run_id, evaluate=job.dataset != "folder", fault_at_step=job.fault_at_step)
+    spec = worker_spec(job, checkpoint_every=job.checkpoint_every, tracking_uri=uri, run_id=run_id,
+                       evaluate=job.dataset != "folder", fault_at_step=job.fault_at_step)
     start = time.perf_counter()
     try:
         result = fit(job, spec, run_name, gpus)

@@ -22,7 +22,7 @@ from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, load_model, update_model_file
 from ..config import flatten
 from .search_space import SearchSpace, to_tune
-from ..train.driver import TrainJob, check_inputs, data_identity, ensure_ray
+from ..train.driver import TrainJob, check_inputs, data_identity, ensure_ray, worker_spec
 from ..train.resources import GpuDecision, cluster_gpu_view, decide_gpus
 from .trial_runs import MlflowTrialRuns
 from ..train.worker import WorkerSpec, tune_trial
@@ -112,10 +112,8 @@ def run_tune(tj: TuneJob, name: str) -> dict[str, Any]:
         **flatten("space", space.space), **flatten("fixed", space.fixed), "method": job.method,
         "objective": space.objective, "metric": space.metric, "category": job.category, "preset": space.preset},
         {"logicad.sweep": name, "objective": space.objective})
-    spec = WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
-                      data_root=str(Path(job.data_root).absolute()), category=job.category,
-                      checkpoint_every=int(space.budget_value("report_every", 50)), log_every=job.log_every,
-                      evaluate=False, objective=space.objective)
+    spec = worker_spec(job, checkpoint_every=int(space.budget_value("report_every", 50)), evaluate=False,
+                       objective=space.objective)
     results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)], gpus).fit()
     tracking.end_orphan_children(uri, parent)
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
