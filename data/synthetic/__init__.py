@@ -11,8 +11,9 @@ Images are RGB PNGs at the category's own, non-square size (`size` is the shorte
 ground-truth PNGs are mode "L", 0 outside the region and the defect type's pixel value inside.
 
 Categories (their rules hold in every normal image; a logical anomaly breaks exactly the rule it
-names), one module each: `parts_box`, `bottle_label`, `screw_kit` (fixed layouts). Each module's
-docstring gives its rules and defects; `structural` the structural defects shared by all.
+names), one module each: `parts_box`, `bottle_label`, `screw_kit` (fixed layouts) and `screw_bag`
+(a random layout: only counts and sizes are rules). Each module's docstring gives its rules and
+defects; `structural` the structural defects shared by all.
 
 Structural defects (scratch, hole, contamination, broken_part) land on every category.
 About one structural image in seven carries two defects (two ground-truth PNGs).

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import bottle_label, parts_box, screw_kit
+from . import bottle_label, parts_box, screw_bag, screw_kit
 from .drawing import CATS, KIND_SHAPES, Scene
 
-for _category in (parts_box.CATEGORY, bottle_label.CATEGORY, screw_kit.CATEGORY):
+for _category in (parts_box.CATEGORY, bottle_label.CATEGORY, screw_kit.CATEGORY, screw_bag.CATEGORY):
     CATS[_category.name] = _category
     KIND_SHAPES.update(_category.shapes)
 

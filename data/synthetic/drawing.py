@@ -98,7 +98,8 @@ class Shape:
 
 @dataclass
 class Item:
-    """One movable object, in product units; `slot` is its compartment, `variant` e.g. a fruit."""
+    """One movable object, in product units; `slot` is its compartment, `variant` e.g. a fruit or a
+    size; a long item may be `bend` radians bent at the fraction `bend_at` of its length."""
 
     kind: str
     x: float
@@ -106,6 +107,8 @@ class Item:
     angle: float = 0.0
     slot: int = -1
     variant: str = ""
+    bend: float = 0.0
+    bend_at: float = 0.5
 
 
 @dataclass
@@ -217,6 +220,9 @@ class Category:
     logical_defects: tuple[Defect, ...]
     violations: Callable[[Scene], set[str]]
     shapes: dict[str, ShapeFn] = field(default_factory=dict)  # item kind -> its shapes (in item units)
+    #: structural defects beyond the shared STRUCTURAL_DEFECTS, with their functions (see `structural`)
+    extra_structural: tuple[Defect, ...] = ()
+    extra_structural_fns: dict[str, Callable[[np.ndarray, Scene, Rng], np.ndarray]] = field(default_factory=dict)
 
     def image_hw(self, size: int) -> tuple[int, int]:
         """(height, width): `size` is the shorter side."""
@@ -226,5 +232,9 @@ class Category:
 
     @property
     def defects(self) -> tuple[Defect, ...]:
-        return self.logical_defects + STRUCTURAL_DEFECTS
+        return self.logical_defects + self.structural_defects
+
+    @property
+    def structural_defects(self) -> tuple[Defect, ...]:
+        return STRUCTURAL_DEFECTS + self.extra_structural
 

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from .categories import CATEGORIES, CATS, check_categories
-from .drawing import Rng, Scene, STRUCTURAL_DEFECTS, smooth_noise
+from .drawing import Defect, Rng, Scene, smooth_noise
 from .spec import SPLITS, SyntheticSpec
 from .structural import STRUCTURAL
 
@@ -67,12 +67,17 @@ def _new_scene(category: str, size: int, rng: Rng) -> Scene:
     return Scene(category, size, cat.image_hw(size), pose, items, facts)
 
 
-def _structural_names(rng: Rng, index: int) -> list[str]:
-    names = [d.name for d in STRUCTURAL_DEFECTS]
+#: structural defects that change the scene and re-render it go first, in this order (a bend
+#: changes the item that a later break then cuts); the others keep their order
+_FIRST = {"bent_item": 0, "broken_part": 1}
+
+
+def _structural_names(rng: Rng, index: int, defects: tuple[Defect, ...]) -> list[str]:
+    names = [d.name for d in defects]
     chosen = [names[index % len(names)]]
     if rng.random() < TWO_DEFECTS_P:
         chosen.append(str(rng.choice([n for n in names if n != chosen[0]])))
-    return sorted(chosen, key=lambda n: n != "broken_part")  # a break re-renders: it goes first
+    return sorted(chosen, key=lambda n: _FIRST.get(n, len(_FIRST)))
 
 
 def render_sample(category: str, spec: SyntheticSpec, split: str, index: int, with_defects: bool = True) -> Rendered:
@@ -89,5 +94,7 @@ def render_sample(category: str, spec: SyntheticSpec, split: str, index: int, wi
         regions = [(name, m) for m in cat.logical[name](scene, defect_rng)]
     canvas = scene.render()
     if with_defects and split == "structural":
-        regions = [(name, STRUCTURAL[name](canvas, scene, defect_rng)) for name in _structural_names(defect_rng, index)]
+        functions = {**STRUCTURAL, **cat.extra_structural_fns}
+        regions = [(name, functions[name](canvas, scene, defect_rng))
+                   for name in _structural_names(defect_rng, index, cat.structural_defects)]
     return Rendered(_finish(canvas, look_rng), regions, scene)
