@@ -25,6 +25,11 @@ SIGMA_SLOPE = 5.0
 SIGMA_FLOOR = 1e-5
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """`t` in at least float32 (autocast's bf16/fp16 outputs are promoted; float64 stays)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def sigma_bound() -> float:
     """The largest sigma the head can output (grid cells)."""
     return SIGMA_BASE ** (1.0 + SIGMA_FLOOR) - 1.0
@@ -61,7 +66,7 @@ class PooledBackbone(nn.Module):
         feats = self.model(images)
         if k > 1:
             feats = [F.avg_pool2d(f, k, stride=1, padding=k // 2) for f in feats]
-        return [f.float().contiguous() for f in feats]
+        return [full(f).contiguous() for f in feats]
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
@@ -99,8 +104,9 @@ def target_correlation(sigma: torch.Tensor, dy2: torch.Tensor, dx2: torch.Tensor
     columns (stable for sigma near its floor, where the query's own position takes all
     the mass).
     """
-    sy2 = sigma[..., 0:1].float().pow(2)
-    sx2 = sigma[..., 1:2].float().pow(2)
+    sy2 = full(sigma[..., 0:1]).pow(2)
+    sx2 = full(sigma[..., 1:2]).pow(2)
+    dy2, dx2 = dy2.to(sy2.dtype), dx2.to(sx2.dtype)
     ty = torch.softmax(dy2 / (-2 * sy2), dim=-1)  # B x H x N x h
     tx = torch.softmax(dx2 / (-2 * sx2), dim=-1)  # B x H x N x w
     return (ty[..., :, None] * tx[..., None, :]).flatten(-2)
@@ -141,10 +147,10 @@ class CorrelationBranch(nn.Module):
             return t.reshape(t.shape[0], -1, h, d // h).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(memory)), split(self.value(memory))
-        logits = (q @ k.transpose(-1, -2)).float() * (d // h) ** -0.5
+        logits = full(q @ k.transpose(-1, -2)) * (d // h) ** -0.5
         attn = torch.softmax(logits, dim=-1)
         out = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, d)
-        s = self.sigma(x).float().reshape(b, n, h, 2).transpose(1, 2)  # B x H x N x 2
+        s = full(self.sigma(x)).reshape(b, n, h, 2).transpose(1, 2)  # B x H x N x 2
         sigma = SIGMA_BASE ** (torch.sigmoid(SIGMA_SLOPE * s) + SIGMA_FLOOR) - 1.0
         return out, Correlation(logits, attn, sigma, target_correlation(sigma, dy2, dx2))
 
@@ -226,5 +232,5 @@ class LevelTransformer(nn.Module):
             intra.append(a)
             if e is not None:
                 inter.append(e)
-        recon = self.head(self.norm(x)).float()
-        return LevelOutput(tokens.float(), recon, intra, inter, (h, w))
+        recon = full(self.head(self.norm(x)))
+        return LevelOutput(full(tokens), recon, intra, inter, (h, w))

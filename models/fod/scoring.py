@@ -34,7 +34,7 @@ def weighted(rec: torch.Tensor, kl: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "rec_only":
         return rec
     b = rec.shape[0]
-    weights = torch.softmax(-kl.reshape(b, -1).float(), dim=1)
+    weights = torch.softmax(-kl.reshape(b, -1), dim=1)
     weights = weights.amax(dim=1, keepdim=True) - weights
     return rec * weights.reshape(rec.shape)
 

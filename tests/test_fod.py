@@ -1,0 +1,268 @@
+"""FOD: target correlation, sigma bound, KL, minimax gradient routing, per-image scoring,
+the feature cache, config errors; reference statistics under 2 Ray Train workers and a
+registered model reloaded in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import logicad.models  # noqa: F401  (torchvision op schemas before timm)
+import pytest
+import torch
+from logicad.models.base import ConfigError, build_method, method_class
+from logicad.models.feature_cache import FeatureCache
+from logicad.models.fod import loss as L
+from logicad.models.fod.network import CorrelationBranch, squared_offsets, sigma_bound, target_correlation
+
+SMALL = {"backbone": "resnet18", "image_size": 64, "d_model": (32, 64), "heads": 2, "layers": 2,
+         "batch_size": 2, "max_steps": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    return build_method("fod", **{**SMALL, **overrides})
+
+
+def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    for i in range(n):
+        r, c = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+        x[i, :, r:r + size // 4, c:c + size // 4] += 2.0
+    return x
+
+
+def _prepared(**overrides):
+    model = _model(**overrides)
+    images = _images(4)
+    model.prepare([{"image": images, "label": torch.zeros(4), "index": torch.arange(4)}])
+    return model, images
+
+
+def test_target_rows_sum_to_one_and_peak_at_the_querys_own_position():
+    dy2, dx2 = squared_offsets(5, 6)
+    sigma = torch.rand(2, 3, 30, 2) * 1.9 + 0.1
+    t = target_correlation(sigma, dy2, dx2)
+    assert t.shape == (2, 3, 30, 30)
+    torch.testing.assert_close(t.sum(-1), torch.ones(2, 3, 30))
+    assert torch.equal(t.argmax(-1), torch.arange(30).expand(2, 3, 30))
+
+
+def test_sigma_stays_within_its_bound():
+    torch.manual_seed(0)
+    branch = CorrelationBranch(16, 2)
+    dy2, dx2 = squared_offsets(4, 4)
+    for scale in (0.0, 1.0, 1e3, -1e3):
+        x = torch.randn(2, 16, 16) * scale
+        _, corr = branch(x, x, dy2, dx2)
+        assert corr.sigma.shape == (2, 2, 16, 2)
+        assert bool((corr.sigma > 0).all()) and bool((corr.sigma <= sigma_bound() + 1e-6).all())
+    assert sigma_bound() == pytest.approx(2.0, abs=1e-4)
+
+
+def test_kl_is_zero_when_attention_equals_the_target():
+    p = torch.softmax(torch.randn(2, 3, 7, 7), dim=-1)
+    assert float(L.symmetric_kl_rows(p, p).abs().max()) == 0.0
+    q = torch.softmax(torch.randn(2, 3, 7, 7), dim=-1)
+    assert bool((L.symmetric_kl_rows(p, q) > 0).all())
+
+
+def test_loss1_moves_sigma_only_and_loss2_moves_attention_only_through_the_correlation_terms():
+    model, images = _prepared(layers=1)
+    out = model.forward_levels(model.features(images))[0]
+    rec = L.reconstruction_loss(out.recon, out.features)
+    losses = L.minimax_losses(rec, out.intra, out.inter, 0.5, 0.5)
+    watched = [c.sigma for c in (*out.intra, *out.inter)] + [c.logits for c in (*out.intra, *out.inter)]
+    g1 = torch.autograd.grad(losses["loss1"] - rec, watched, retain_graph=True, allow_unused=True)
+    g2 = torch.autograd.grad(losses["loss2"] - rec, watched, allow_unused=True)
+
+    def norm(g):
+        return 0.0 if g is None else float(g.abs().sum())
+
+    sigmas, logits = slice(0, 2), slice(2, 4)
+    assert all(norm(g) > 0 for g in g1[sigmas]) and all(norm(g) == 0 for g in g1[logits])
+    assert all(norm(g) == 0 for g in g2[sigmas]) and all(norm(g) > 0 for g in g2[logits])
+
+
+def test_fused_training_loss_has_the_value_and_gradients_of_loss1_plus_loss2():
+    model, images = _prepared()
+    features = [f.double() for f in model.features(images)]
+    model = model.double()
+    outs = model.forward_levels(features)
+    literal, fused = 0.0, 0.0
+    for out in outs:
+        rec = L.reconstruction_loss(out.recon, out.features)
+        pair = L.minimax_losses(rec, out.intra, out.inter, 0.5, 0.5)
+        literal = literal + pair["loss1"] + pair["loss2"]
+        fused = fused + L.fused_minimax(rec, out.intra, out.inter, 0.5, 0.5)["loss"]
+    params = list(model.levels.parameters())
+    g_literal = torch.autograd.grad(literal, params, retain_graph=True)
+    g_fused = torch.autograd.grad(fused, params)
+    assert float(fused.detach()) == pytest.approx(float(literal.detach()), rel=1e-10)
+    scale = max(float(g.abs().max()) for g in g_literal)
+    for a, b in zip(g_literal, g_fused):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7 * scale)
+
+
+def test_training_steps_lower_the_reconstruction_and_leave_the_backbone_frozen():
+    model, images = _prepared()
+    stage = model.stages()[0]
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    batch = {"image": images[:2], "index": torch.arange(2)}
+    recs = []
+    for _ in range(6):
+        out = model(batch, stage=stage.name)
+        stage.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        stage.optimizer.step()
+        recs.append(float(out["rec"]))
+    assert recs[-1] < recs[0]
+    assert {"loss", "loss1", "loss2", "rec", "kl_intra", "kl_inter", "entropy_intra", "entropy_inter"} <= set(out)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+
+
+@pytest.mark.parametrize("overrides", [{}, {"intra_only": True}, {"score_mode": "rec_only"}])
+def test_batch_one_and_batch_four_give_the_same_maps(overrides):
+    model, images = _prepared(**overrides)
+    model.eval()
+    maps = model.anomaly_map(images)
+    singles = torch.cat([model.anomaly_map(images[i:i + 1]) for i in range(4)])
+    assert maps.shape == (4, 1, 64, 64)
+    torch.testing.assert_close(maps, singles, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.image_score(maps), torch.cat([model.image_score(m[None]) for m in singles]))
+
+
+def test_image_score_is_the_maximum_of_the_smoothed_map():
+    model, _ = _prepared()
+    maps = torch.zeros(2, 1, 64, 64)
+    maps[0, 0, 30, 30] = 1.0  # one hot pixel: smoothing spreads it
+    maps[1, 0, 20:44, 20:44] = 0.5  # a wide plateau keeps its height
+    scores = model.image_score(maps)
+    assert float(scores[0]) < 0.02 and float(scores[1]) == pytest.approx(0.5, abs=0.02)
+
+
+def test_cached_features_equal_freshly_computed_ones():
+    model, images = _prepared()
+    assert len(model.cache) == 4  # prepare filled it
+    fresh = model.features(images)
+    cached = model._training_features({"index": torch.arange(4)}, images)
+    for a, b in zip(fresh, cached):
+        assert torch.equal(a, b)
+    assert model.cache.hits >= 4
+    other = _images(4, seed=5)  # same indices, other images: recomputed, never stale
+    for a, b in zip(model.features(other), model._training_features({"index": torch.arange(4)}, other)):
+        assert torch.equal(a, b)
+
+
+def test_feature_cache_keeps_to_its_budget():
+    cache = FeatureCache(budget_bytes=2 * 4 * 10)  # two rows of 10 float32
+    images = torch.randn(4, 3, 8, 8)
+    out = cache.lookup(images, torch.arange(4), lambda x: (x.flatten(1)[:, :10],))
+    assert out[0].shape == (4, 10) and len(cache) == 2 and cache.used <= cache.budget
+    again = cache.lookup(images, torch.arange(4), lambda x: (x.flatten(1)[:, :10],))
+    torch.testing.assert_close(again[0], out[0], rtol=0, atol=0)
+    assert cache.hits == 2
+
+
+def test_bad_config_keys_fail_with_the_valid_keys():
+    cls = method_class("fod").config_cls
+    with pytest.raises(ConfigError, match="unknown config key 'lambda3'.*lambda1.*lambda2"):
+        cls.build({"lambda3": 1})
+    with pytest.raises(ConfigError, match="score_mode.*full.*rec_only"):
+        cls.build({"score_mode": "kl"})
+    with pytest.raises(ConfigError, match="d_model"):
+        cls.build({"d_model": "256"})
+    with pytest.raises(ConfigError, match="preset.*cpu-synthetic"):
+        cls.build(preset="gpu")
+    defaults = cls()
+    assert (defaults.backbone, defaults.strides, defaults.d_model, defaults.heads, defaults.layers) == (
+        "efficientnet_b6", (8, 16), (256, 512), 8, 3)
+    assert (defaults.lambda1, defaults.lambda2, defaults.lr, defaults.image_size, defaults.batch_size) == (
+        0.5, 0.5, 1e-4, 256, 1)
+
+
+def test_saved_state_scores_alone():
+    model, images = _prepared()
+    model.eval()
+    expected = model.image_score(model.anomaly_map(images))
+    fresh = _model()
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    torch.testing.assert_close(fresh.image_score(fresh.anomaly_map(images)), expected)
+
+
+# --- Ray Train: 2 workers vs 1, registry reload ---------------------------------------------
+TINY = ["backbone=resnet18", "image_size=64", "d_model=32,64", "heads=2", "layers=1", "batch_size=2",
+        "max_steps=2", "precision=32"]
+
+
+@pytest.fixture(scope="module")
+def ray_runs(small_loco, category, tmp_path_factory):
+    import ray
+
+    from logicad.pipelines.config import resolve_config
+    from logicad.pipelines.train.driver import TrainJob, run_train
+
+    tmp = tmp_path_factory.mktemp("fod_train")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
+    try:
+        def job(name, workers, register):
+            return TrainJob("fod", resolve_config("fod", TINY), "mvtec_loco", str(small_loco), category,
+                            output_dir=str(tmp / name), storage_path=str(tmp / "ray"), run_name=name,
+                            tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", log_every=1, workers=workers,
+                            register=register)
+
+        two = run_train(job("two", 2, False))
+        one = run_train(job("one", 1, True))
+    finally:
+        ray.shutdown()
+    return tmp, one, two
+
+
+def test_reference_statistics_of_two_workers_equal_one_workers(ray_runs):
+    from logicad.pipelines.train.checkpoints import read_model_file
+
+    tmp, _, two = ray_runs
+    one_state = read_model_file(tmp / "one" / "model")["state_dict"]
+    two_state = read_model_file(tmp / "two" / "model")["state_dict"]
+    keys = [k for k in one_state if k.startswith("reference_")]
+    assert len(keys) == 2 and float(one_state[keys[0]].abs().sum()) > 0
+    for key in keys:
+        torch.testing.assert_close(two_state[key], one_state[key], rtol=1e-6, atol=1e-7)
+    assert two["replica_divergence"] == 0.0
+
+
+def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(ray_runs, small_loco, category):
+    from logicad.data import AnomalyDataset, scan
+    from logicad.pipelines.evaluate.scoring import score_batches
+    from logicad.pipelines.registry.pyfunc import load_method_any
+
+    tmp, one, _ = ray_runs
+    samples = scan("mvtec_loco", small_loco, category, "test")[:4]
+    method = load_method_any(str(tmp / "one" / "model"))
+    expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, method.config.image_size),
+                                              torch.device("cpu"))]
+    paths = [str(s.path) for s in samples]
+    code = (
+        "import json, mlflow.pyfunc, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({one['model_uri']!r})\n"
+        f"out = model.predict(pd.DataFrame({{'path': {paths!r}}}))\n"
+        "print(json.dumps({'scores': out['score'].tolist()}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])["scores"]
+    assert scores == pytest.approx(expected, rel=1e-5, abs=1e-7)
