@@ -145,8 +145,13 @@ def print_headline(record: dict) -> None:
 
     print(f"{record['method']} on {record['dataset']}/{record['category']}: "
           + "  ".join(f"{k} {fmt(record.get(k))}" for k in HEADLINE))
-    print(f"train {record.get('train_seconds')} s, inference {fmt(record.get('infer_ms_per_image'))} ms/image; "
-          f"MLflow run {record.get('mlflow_run_id')}" + (f", model {record['model_uri']}" if record.get("model_uri") else ""))
+    parts = [f"train {record['train_seconds']} s"] if record.get("train_seconds") is not None else []
+    parts.append(f"inference {fmt(record.get('infer_ms_per_image'))} ms/image")
+    if record.get("mlflow_run_id"):
+        parts.append(f"MLflow run {record['mlflow_run_id']}")
+    if record.get("model_uri"):
+        parts.append(f"model {record['model_uri']}")
+    print(", ".join(parts))
 
 
 def add_train(sub) -> None:
@@ -175,26 +180,44 @@ def add_train(sub) -> None:
 
 # --- evaluate ---------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.scoring import evaluate_to_dir
-    from .registry.pyfunc import load_method_any
-
+    import mlflow
     import torch
 
-    method = load_method_any(args.model)
+    from .evaluate.scoring import evaluate_to_dir
+    from .registry.pyfunc import load_payload_any, model_origin
+    from .registry.tracking import default_tracking_uri, preflight
+    from .train.checkpoints import method_from_payload
+
+    uri = args.tracking_uri or default_tracking_uri()  # exactly as train resolves it
+    if uri.startswith("http") and ":/" in args.model and not Path(args.model).exists():
+        preflight(uri)
+    mlflow.set_tracking_uri(uri)
+    origin = model_origin(args.model, uri)
+    print(f"model {args.model}: " + (f"from MLflow run {origin['run_id']}" if origin.get("run_id")
+                                     else "no MLflow run recorded with it")
+          + (f" ({origin['source']})" if origin.get("source") else ""), flush=True)
+    method = method_from_payload(load_payload_any(args.model))
     data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, Path(args.output), device)
-    record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics}
-    (Path(args.output) / "metrics.json").write_text(json.dumps(record, indent=2))
-    print_headline({**record, "train_seconds": None})
+    out = Path(args.output)
+    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device)
+    record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics,
+              "model": args.model, "mlflow_run_id": origin.get("run_id")}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    print_headline(record)
+    print(f"metrics and plots written to {out}")
     return 0
 
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="re-score a saved model (model.pt, its folder, or a models:/ URI)")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
+                                                  "or a model.pt file or its folder")
     _data_args(p)
-    p.add_argument("--output", default="outputs/evaluate")
+    p.add_argument("--output", "--out", dest="output", default="outputs/evaluate",
+                   help="where metrics.json and the plots are written")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.add_argument("--cpu", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -220,7 +243,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), name)
     print(f"best trial of {name}: {space.metric} {record['best_objective']:.4f} ({space.objective} objective), "
           f"params {record['best_params']}")
-    print_headline({**record, "train_seconds": None})
+    print_headline(record)
     print(f"best config written to {Path(args.output) / 'best_config.yaml'} (logicad train --config FILE)")
     return 0
 

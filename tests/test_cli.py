@@ -80,3 +80,51 @@ def test_a_missing_teacher_weights_file_fails_before_training(capsys, small_loco
                  f"teacher_weights={tmp_path / 'nope.pth'}", "--output", str(tmp_path / "o")])
     err = _one_error_line(capsys)
     assert code == 2 and "teacher_weights" in err and "nope.pth" in err and not ray.is_initialized()
+
+
+def _registered(small_loco, category, tmp_path) -> tuple[str, str]:
+    """A scoring-ready DFSC registered in a fresh sqlite store: (tracking URI, run id)."""
+    import mlflow
+
+    from logicad.pipelines.registry import tracking
+    from logicad.pipelines.registry.pyfunc import log_and_register
+
+    method = build_method("dfsc", image_size=64)
+    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
+    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    model = save_model(tmp_path / "saved" / "model.pt", method)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    tracking.preflight(uri)
+    run_id = tracking.start_run(uri, "logicad", "r", {"method": "dfsc"}, {})
+    mlflow.set_tracking_uri(uri)
+    log_and_register(run_id, model, "logicad-dfsc-eval", {"dataset": "mvtec_loco"})
+    tracking.end_run(uri, run_id)
+    return uri, run_id
+
+
+def test_evaluate_from_the_registry_resolves_the_store_as_train_does(capsys, small_loco, category, tmp_path,
+                                                                    monkeypatch):
+    uri, run_id = _registered(small_loco, category, tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    base = ["evaluate", "--model", "models:/logicad-dfsc-eval/1", "--data", str(small_loco), "--category", category,
+            "--cpu"]
+    assert main([*base, "--tracking-uri", uri, "--out", str(tmp_path / "e1")]) == 0
+    out = capsys.readouterr().out
+    assert f"from MLflow run {run_id}" in out and "registered model logicad-dfsc-eval version 1" in out
+    assert "None" not in out and "train " not in out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main([*base, "--output", str(tmp_path / "e2")]) == 0
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["mlflow_run_id"] == run_id
+    assert list(cwd.iterdir()) == []  # no stray ./mlflow.db or ./mlruns
+
+
+def test_evaluate_of_a_missing_registered_model_names_the_store_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
+    assert main(["evaluate", "--model", "models:/nope/1", "--tracking-uri", uri, "--data", str(tmp_path),
+                 "--category", "c"]) == 2
+    err = _one_error_line(capsys)
+    assert "models:/nope/1" in err and uri in err

@@ -99,3 +99,40 @@ def load_payload_any(model: str) -> dict[str, Any]:
 def load_method_any(model: str):
     """A method (eval mode) from a model path or MLflow model URI."""
     return method_from_payload(load_payload_any(model))
+
+
+def model_origin(model: str, tracking_uri: str) -> dict[str, Any]:
+    """Where a model came from: {run_id, source} for a registered model (models:/NAME/V or
+    models:/NAME@ALIAS), a run's model (runs:/ID/...) or a model folder that `logicad train`
+    wrote (its metrics.json names the run); {} when nothing says."""
+    import json
+
+    if model.startswith("runs:/"):
+        return {"run_id": model.removeprefix("runs:/").split("/")[0], "source": model}
+    if model.startswith("models:/"):
+        if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            raise ModelFileError(f"{model}: the MLflow store {tracking_uri} does not exist, so nothing was "
+                                 "registered there; expected the store `logicad train` used (set --tracking-uri "
+                                 "or MLFLOW_TRACKING_URI)")
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        name, _, ref = model.removeprefix("models:/").partition("/")
+        name, at, alias = name.partition("@")
+        try:
+            version = (client.get_model_version_by_alias(name, alias) if at
+                       else client.get_model_version(name, ref.strip("/") or "1"))
+        except Exception as exc:  # MLflow raises RestException / MlflowException for a missing model
+            raise ModelFileError(f"{model}: not found in the registry at {tracking_uri} ({exc.__class__.__name__}); "
+                                 "expected a model `logicad train` registered there (set --tracking-uri or "
+                                 "MLFLOW_TRACKING_URI)") from None
+        return {"run_id": version.run_id, "source": f"registered model {name} version {version.version}"}
+    path = Path(model)
+    folder = path if path.is_dir() else path.parent
+    record = folder / "metrics.json"
+    if record.is_file():
+        try:
+            run_id = json.loads(record.read_text()).get("mlflow_run_id")
+        except ValueError:
+            run_id = None
+        if run_id:
+            return {"run_id": run_id, "source": f"recorded in {record}"}
+    return {}
