@@ -23,14 +23,13 @@ from ..base import Collective, ConfigError, Method, MethodConfig, Stage, registe
 from ..pdn import pdn_output_size
 from . import loss as L
 from . import scoring
-from .network import Autoencoder, PDNSmall, decoder_sizes
+from .augment import IMAGENET_MEAN, IMAGENET_STD, colour_jitter
+from .network import AE_NORMS, Autoencoder, PDNSmall, decoder_sizes
 from .sparse_grad import sparse_grad_conv2d
 from .teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -80,6 +79,17 @@ class DFSCConfig(MethodConfig):
     penalty_weight: float = 1.0
     #: memory for caching teacher features of training images (DFSC uses no augmentation); 0 = off
     teacher_cache_mb: int = 2048
+    # Where DFSC departs from EfficientAD (the defaults are DFSC's; the other value is EfficientAD's):
+    #: normalisation before every autoencoder activation: "instance" (DFSC) or "none"
+    ae_norm: str = "instance"
+    #: DFSC's extra ReLU at the start of the autoencoder's decoder
+    ae_extra_relu: bool = True
+    #: each normalised map through a sigmoid before averaging ("sigmoid", DFSC) or averaged as is
+    #: ("linear", EfficientAD's 0.1 * (map - q_low) / (q_high - q_low)); score-only
+    map_norm: str = "sigmoid"
+    #: the autoencoder's input: the training image ("none", DFSC) or a colour-jittered copy
+    #: ("efficientad": random brightness, contrast or saturation, factor 0.8-1.2)
+    ae_augment: str = "none"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # 2 CPU cores, ~4 minutes: 128 px (24 x 24 maps, ~1/4 of the work of 256 px), batch 4,
@@ -101,7 +111,11 @@ class DFSCConfig(MethodConfig):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **MethodConfig.CHOICES,
         "dfsc_reduction": ("channel", "element"),
+        "ae_norm": AE_NORMS,
+        "map_norm": scoring.MAP_NORMS,
+        "ae_augment": ("none", "efficientad"),
     }
+    SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_norm",)
 
     def validate(self) -> None:
         super().validate()
@@ -158,7 +172,7 @@ class DFSC(Method):
         self.feature_size = pdn_output_size(c.image_size)
         self.teacher = PDNSmall(c.out_channels)
         self.student = PDNSmall(2 * c.out_channels)
-        self.autoencoder = Autoencoder(c.image_size, c.out_channels)
+        self.autoencoder = Autoencoder(c.image_size, c.out_channels, norm=c.ae_norm, extra_relu=c.ae_extra_relu)
         self.student_ema = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False).eval()
         self.student_ema.requires_grad_(False)
@@ -172,6 +186,7 @@ class DFSC(Method):
         self._teacher_info = "random init (no --teacher-weights given)"
         self._teacher_error: str | None = None
         self._penalty: PenaltyImages | None = None
+        self._augment_generator = torch.Generator().manual_seed(c.seed)
         self._warned_unfinalized = False
         if c.teacher_weights:
             self._load_teacher(c.teacher_weights)
@@ -204,6 +219,26 @@ class DFSC(Method):
         if index is None or not self.cache.enabled:
             return self._teacher_features(images)
         return self.cache.lookup(images, torch.as_tensor(index), self._teacher_features)
+
+    def training_targets(self, batch: dict[str, Any], images: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T(I), the autoencoder's input I_ae, T(I_ae)) for a training batch of images I.
+
+        Without augmentation I_ae is I and both targets are the same (cached) tensor. With
+        `ae_augment="efficientad"` this follows EfficientAD's training step: the student's
+        L_hard half regresses T(I) of the unaugmented image, which is what the teacher
+        cache holds (its entries are keyed and fingerprinted by the unaugmented image, so
+        they stay correct); the autoencoder sees I_ae = jitter(I), and the targets of L_ae
+        (and of DFSC's hinge) are T(I_ae) of that same augmented image -- in EfficientAD
+        the autoencoder reconstructs the teacher's features of what it is shown, and
+        L_stae pairs it with the student's AE half on I_ae too. A fresh jitter is drawn
+        every step, so T(I_ae) is never cached: it costs one extra teacher forward.
+        """
+        teacher = self._training_teacher(batch, images)  # B x C x P x P, float32
+        if self.config.ae_augment == "none":
+            return teacher, images, teacher
+        images_ae = colour_jitter(images, self._augment_generator)
+        return teacher, images_ae, self._teacher_features(images_ae)
 
     # --- life cycle -------------------------------------------------------------------
     def prepare(self, loader: Iterable[dict], collective: Collective = Collective()) -> None:
@@ -255,14 +290,14 @@ class DFSC(Method):
         if not bool(self.prepared):
             raise RuntimeError("DFSC.training_step before prepare(): the teacher statistics are missing")
         images = self._input(batch["image"])
-        teacher = self._training_teacher(batch, images)  # B x C x P x P, float32
-        s_st, s_ae = self._student_halves(images)  # one forward serves both halves, B x C x P x P each
-        ae = self.autoencoder(images).float()
+        teacher, images_ae, teacher_ae = self.training_targets(batch, images)  # B x C x P x P, float32
+        s_st, s_ae = self._student_halves(images, images_ae)  # B x C x P x P each
+        ae = self.autoencoder(images_ae).float()
         l_hard = L.hard_loss((teacher - s_st).pow(2), c.hard_quantile)
-        d_ta = (teacher - ae).pow(2)
+        d_ta = (teacher_ae - ae).pow(2)
         l_ae = d_ta.mean()
         l_stae = (ae - s_ae).pow(2).mean()
-        l_dfsc = L.dfsc_loss(teacher, ae, d_ta.detach(), c.quantile, c.margin, c.dfsc_reduction)
+        l_dfsc = L.dfsc_loss(teacher_ae, ae, d_ta.detach(), c.quantile, c.margin, c.dfsc_reduction)
         loss = l_hard + l_ae + l_stae + c.alpha * l_dfsc
         out = {"l_hard": l_hard, "l_ae": l_ae, "l_stae": l_stae, "l_dfsc": l_dfsc}
         penalty = self._penalty_images()
@@ -277,19 +312,25 @@ class DFSC(Method):
             out["l_penalty"] = l_penalty
         return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
 
-    def _student_halves(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S_st, S_ae) of the live student in float32, from one shared trunk.
+    def _student_halves(self, images: torch.Tensor, images_ae: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_st(images), S_ae(images_ae)) of the live student in float32.
 
-        The last conv is split by output half: S_st's gradient comes only from L_hard's
-        0.1% of elements, so its backward uses `sparse_grad_conv2d` (same gradients).
+        One shared trunk: for the same images (no augmentation) one forward serves both
+        halves; for an augmented `images_ae` the trunk runs once on both, stacked. The
+        last conv is split by output half: S_st's gradient comes only from L_hard's 0.1%
+        of elements, so its backward uses `sparse_grad_conv2d` (same gradients).
         """
-        c, x = self.config.out_channels, self._student_trunk(images)
+        c, b = self.config.out_channels, images.shape[0]
+        same = images_ae is None or images_ae is images
+        x = self._student_trunk(images if same else torch.cat([images, images_ae]))
+        x_st, x_ae = (x, x) if same else (x[:b], x[b:])
         weight, bias = self.student.conv4.weight, self.student.conv4.bias
         if self.sparse_hard_backward:
-            s_st = sparse_grad_conv2d(x, weight[:c], bias[:c])
+            s_st = sparse_grad_conv2d(x_st, weight[:c], bias[:c])
         else:
-            s_st = F.conv2d(x, weight[:c], bias[:c])
-        s_ae = F.conv2d(x, weight[c:], bias[c:])
+            s_st = F.conv2d(x_st, weight[:c], bias[:c])
+        s_ae = F.conv2d(x_ae, weight[c:], bias[c:])
         return s_st.float(), s_ae.float()
 
     def _student_trunk(self, images: torch.Tensor) -> torch.Tensor:
@@ -345,13 +386,25 @@ class DFSC(Method):
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S (S = image_size) -> B x 1 x S x S in (0, 1); uses the EMA student."""
+        """B x 3 x S x S (S = image_size) -> B x 1 x S x S, in (0, 1) with map_norm "sigmoid";
+        uses the EMA student."""
+        return self.maps_from_parts(self.score_parts(images))
+
+    @torch.no_grad()
+    def score_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The raw maps map_st, map_ae (B x P x P): what `map_norm` (score-only) acts on."""
+        map_st, map_ae = self.raw_maps(images)
+        return {"map_st": map_st, "map_ae": map_ae}
+
+    @torch.no_grad()
+    def maps_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         if not bool(self.finalized) and not self._warned_unfinalized:
             log.warning("DFSC.anomaly_map before finalize(): maps are not quantile-normalised")
             self._warned_unfinalized = True
-        map_st, map_ae = self.raw_maps(images)
+        size = self.config.image_size
+        q_st, q_ae = self.q_st.to(parts["map_st"].device), self.q_ae.to(parts["map_st"].device)
         with torch.inference_mode():
-            return scoring.combine(map_st, map_ae, self.q_st, self.q_ae, tuple(images.shape[-2:]))
+            return scoring.combine(parts["map_st"], parts["map_ae"], q_st, q_ae, (size, size), self.config.map_norm)
 
     def _scoring_autocast(self, device: torch.device):
         precision = self.config.precision
@@ -387,8 +440,12 @@ class DFSC(Method):
                  (f"image {c.image_size} px -> feature maps {self.feature_size}x{self.feature_size}; "
                   f"decoder upsample sizes {list(decoder_sizes(c.image_size))}")]
         if self.cache.enabled:
-            lines.append(f"teacher features of training images cached (no augmentation), up to "
+            lines.append(f"teacher features of training images cached (the unaugmented images'), up to "
                          f"{c.teacher_cache_mb} MB")
+        departures = [f"{key}={getattr(c, key)!r}" for key in ("ae_norm", "ae_extra_relu", "map_norm", "ae_augment")
+                      if getattr(c, key) != getattr(DFSCConfig, key)]
+        if departures:
+            lines.append("EfficientAD's choice instead of DFSC's: " + ", ".join(departures))
         if c.penalty_dir:
             lines.append(f"ImageNet penalty: on, images from {c.penalty_dir}, weight {c.penalty_weight}")
         else:

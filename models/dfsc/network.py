@@ -21,6 +21,10 @@ The last encoder conv's kernel is min(8, encoder size), so the bottleneck stays
 
 No InstanceNorm before the decoder's extra ReLU: the bottleneck is 1 x 1 at S <= 256,
 where instance statistics are undefined (one value per channel).
+
+EfficientAD's autoencoder (the ablation of DFSC's change): `norm="none"` (no InstanceNorm)
+and `extra_relu=False` (no ReLU at the start of the decoder). InstanceNorm has no weights
+(affine=False), so the state dict is the same either way.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from torch import nn
 
 from ..pdn import PDNSmall, pdn_output_size
 
-__all__ = ["Autoencoder", "PDNSmall", "decoder_sizes", "encoder_sizes", "pdn_output_size"]
+__all__ = ["AE_NORMS", "Autoencoder", "PDNSmall", "decoder_sizes", "encoder_sizes", "pdn_output_size"]
 
 #: EfficientAD's decoder upsample sizes at 256 px
 _DECODER_SIZES_256 = (3, 8, 15, 32, 63, 127)
+#: normalisation before the autoencoder's activations: DFSC's InstanceNorm, or none (EfficientAD)
+AE_NORMS = ("instance", "none")
 
 
 def decoder_sizes(image_size: int) -> tuple[int, ...]:
@@ -52,27 +58,37 @@ def encoder_sizes(image_size: int) -> tuple[tuple[int, ...], int]:
 
 
 class Autoencoder(nn.Module):
-    """B x 3 x S x S -> B x out_channels x P x P, P = `pdn_output_size(S)` (56 at 256)."""
+    """B x 3 x S x S -> B x out_channels x P x P, P = `pdn_output_size(S)` (56 at 256).
 
-    def __init__(self, image_size: int = 256, out_channels: int = 384, dropout: float = 0.2) -> None:
+    norm: "instance" (DFSC) or "none" (EfficientAD); extra_relu: DFSC's ReLU at the start
+    of the decoder (EfficientAD has none).
+    """
+
+    def __init__(self, image_size: int = 256, out_channels: int = 384, dropout: float = 0.2,
+                 norm: str = "instance", extra_relu: bool = True) -> None:
         super().__init__()
         sizes, last_kernel = encoder_sizes(image_size)
         if sizes[-1] < 1:
             raise ValueError(f"image_size {image_size} is too small for the autoencoder (needs >= 32)")
+        if norm not in AE_NORMS:
+            raise ValueError(f"autoencoder norm must be one of {AE_NORMS}, got {norm!r}")
+        instance = norm == "instance"
         self.image_size = image_size
         self.up_sizes = decoder_sizes(image_size)
         self.out_size = pdn_output_size(image_size)
         widths = (3, 32, 32, 64, 64, 64)
         self.encoder = nn.Sequential(
-            *[_block(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), widths[i + 1]) for i in range(5)],
+            *[_block(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), widths[i + 1], instance=instance)
+              for i in range(5)],
             nn.Conv2d(64, 64, kernel_size=last_kernel),
         )
-        self.decoder_act = nn.ReLU(inplace=False)  # DFSC's extra ReLU at the start of the decoder
+        # DFSC's extra ReLU at the start of the decoder
+        self.decoder_act = nn.ReLU(inplace=False) if extra_relu else nn.Identity()
         self.decoder = nn.ModuleList(
-            [_block(nn.Conv2d(64, 64, 4, stride=1, padding=2), 64, dropout) for _ in self.up_sizes]
+            [_block(nn.Conv2d(64, 64, 4, stride=1, padding=2), 64, dropout, instance) for _ in self.up_sizes]
         )
         self.head = nn.Sequential(
-            _block(nn.Conv2d(64, 64, 3, stride=1, padding=1), 64),
+            _block(nn.Conv2d(64, 64, 3, stride=1, padding=1), 64, instance=instance),
             nn.Conv2d(64, out_channels, 3, stride=1, padding=1),
         )
 
@@ -84,9 +100,10 @@ class Autoencoder(nn.Module):
         return self.head(x)  # B x out x 56 x 56
 
 
-def _block(conv: nn.Conv2d, channels: int, dropout: float = 0.0) -> nn.Sequential:
-    """conv, InstanceNorm (DFSC: before every activation), ReLU[, Dropout]."""
-    layers: list[nn.Module] = [conv, nn.InstanceNorm2d(channels), nn.ReLU(inplace=True)]
+def _block(conv: nn.Conv2d, channels: int, dropout: float = 0.0, instance: bool = True) -> nn.Sequential:
+    """conv, [InstanceNorm (DFSC: before every activation),] ReLU[, Dropout]."""
+    norm = [nn.InstanceNorm2d(channels)] if instance else []
+    layers: list[nn.Module] = [conv, *norm, nn.ReLU(inplace=True)]
     if dropout:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)

@@ -1,6 +1,10 @@
 """DFSC scoring: EfficientAD's quantile normalisation of the two difference maps, then
 DFSC's sigmoid (so a negative region of one map cannot cancel a positive region of the
 other), averaged, padded and resized to the input size.
+
+`map_norm="linear"` is EfficientAD's own scoring (the ablation of DFSC's sigmoid): the
+quantile-normalised maps averaged as they are, zero-padded; unbounded, and negative
+where both maps lie below their q_low quantile.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import torch.nn.functional as F
 
 #: EfficientAD pads the PDN map by 4 on each side before resizing (33 px patches at stride 4)
 MAP_PADDING = 4
+#: "sigmoid" (DFSC) or "linear" (EfficientAD)
+MAP_NORMS = ("sigmoid", "linear")
 
 
 def difference_maps(teacher: torch.Tensor, student: torch.Tensor, ae: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,13 +37,20 @@ def normalise(raw: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def combine(map_st: torch.Tensor, map_ae: torch.Tensor, q_st: torch.Tensor, q_ae: torch.Tensor,
-            image_size: tuple[int, int]) -> torch.Tensor:
-    """B x P x P raw maps -> B x 1 x H x W final map in (0, 1).
+            image_size: tuple[int, int], map_norm: str = "sigmoid") -> torch.Tensor:
+    """B x P x P raw maps -> B x 1 x H x W final map.
 
-    sigmoid(normalised map_st) and sigmoid(normalised map_ae) averaged; padded by 4 with
-    0.5 (= EfficientAD's zero padding of the normalised maps, through the sigmoid);
-    bilinear resize to `image_size`.
+    "sigmoid" (DFSC): sigmoid(normalised map_st) and sigmoid(normalised map_ae) averaged,
+    in (0, 1); padded by 4 with 0.5 (= EfficientAD's zero padding of the normalised maps,
+    through the sigmoid). "linear" (EfficientAD): the normalised maps averaged, padded
+    with 0. Then a bilinear resize to `image_size`.
     """
-    combined = 0.5 * (torch.sigmoid(normalise(map_st, q_st)) + torch.sigmoid(normalise(map_ae, q_ae)))
-    padded = F.pad(combined[:, None], (MAP_PADDING,) * 4, value=0.5)
+    n_st, n_ae = normalise(map_st, q_st), normalise(map_ae, q_ae)
+    if map_norm == "sigmoid":
+        combined, pad = 0.5 * (torch.sigmoid(n_st) + torch.sigmoid(n_ae)), 0.5
+    elif map_norm == "linear":
+        combined, pad = 0.5 * (n_st + n_ae), 0.0
+    else:
+        raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
+    padded = F.pad(combined[:, None], (MAP_PADDING,) * 4, value=pad)
     return F.interpolate(padded, size=image_size, mode="bilinear", align_corners=False)
