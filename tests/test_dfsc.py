@@ -379,3 +379,142 @@ def test_config_defaults_preset_and_validation():
 def test_describe_names_the_teacher():
     lines = _model().describe()
     assert any("teacher: random init" in line for line in lines)
+
+
+# --- ablation keys: where DFSC departs from EfficientAD ---------------------------------------
+#: the default configuration's losses (3 steps) and map sum, recorded from the code before the
+#: ablation keys existed (image_size 64, lr 1e-3, no warm-up, torch.manual_seed(0) before training)
+REFERENCE = {
+    1.0: ([32.55924987792969, 27.14311981201172, 26.28750228881836], [0.0, 0.0, 0.0], 6013.58676430583),
+    2.0: ([33.65867233276367, 27.84326934814453, 26.908048629760742],
+          [0.549711287021637, 0.33050107955932617, 0.23478668928146362], 6006.486723005772),
+}
+
+
+def _reference_run(**overrides) -> tuple[DFSC, list[dict], torch.Tensor]:
+    """Three training steps, finalize, maps: the recipe of REFERENCE."""
+    model = _model(lr=1e-3, warmup_beta2=0.0, **overrides)
+    images = _images(4, 64)
+    model.prepare(_batches(images, 2))
+    stage = model.stages()[0]
+    torch.manual_seed(0)
+    outs = []
+    for step in range(3):
+        out = model(_batches(images, 2)[step % 2], stage=stage.name)
+        stage.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        stage.optimizer.step()
+        stage.scheduler.step()
+        model.after_step(stage.name)
+        outs.append({k: float(v.detach()) for k, v in out.items()})
+    model.finalize(_batches(_images(3, 64, seed=5), 3))
+    return model, outs, model.anomaly_map(_images(3, 64, seed=9))
+
+
+@pytest.mark.parametrize("margin", [1.0, 2.0])  # hinge inactive / active
+def test_default_configuration_gives_the_losses_and_maps_recorded_before_the_ablation_keys(margin):
+    _, outs, maps = _reference_run(margin=margin)
+    losses, hinges, map_sum = REFERENCE[margin]
+    assert [o["loss"] for o in outs] == pytest.approx(losses, rel=1e-6)
+    assert [o["l_dfsc"] for o in outs] == pytest.approx(hinges, rel=1e-5, abs=1e-7)
+    assert float(maps.double().sum()) == pytest.approx(map_sum, rel=1e-7)
+
+
+def test_ablation_keys_default_to_dfsc_and_are_validated():
+    c = DFSCConfig()
+    assert (c.ae_norm, c.ae_extra_relu, c.map_norm, c.ae_augment) == ("instance", True, "sigmoid", "none")
+    assert DFSCConfig.build(overrides={"ae_extra_relu": "false"}).ae_extra_relu is False
+    for key, value in [("ae_norm", "batch"), ("map_norm", "tanh"), ("ae_augment", "heavy")]:
+        with pytest.raises(ConfigError, match=key):
+            DFSCConfig().replace(**{key: value})
+    assert "map_norm" in DFSCConfig.SCORE_ONLY
+
+
+def test_ae_norm_none_removes_exactly_the_autoencoders_instance_norms():
+    dfsc, plain = _model(), _model(ae_norm="none")
+    count = lambda m: sum(isinstance(x, torch.nn.InstanceNorm2d) for x in m.modules())  # noqa: E731
+    assert count(dfsc.autoencoder) == 5 + 6 + 1 and count(plain.autoencoder) == 0
+    for a, b in [(dfsc.teacher, plain.teacher), (dfsc.student, plain.student)]:  # nothing else changes
+        assert [type(x) for x in a.modules()] == [type(x) for x in b.modules()]
+    assert dfsc.state_dict().keys() == plain.state_dict().keys()  # InstanceNorm has no weights
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in dfsc.state_dict().items())  # same init
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert plain.autoencoder(x).shape == dfsc.autoencoder(x).shape == (2, 384, 8, 8)
+
+
+def test_ae_extra_relu_false_removes_only_the_decoders_first_relu():
+    dfsc, plain = _model(), _model(ae_extra_relu=False)
+    assert isinstance(dfsc.autoencoder.decoder_act, torch.nn.ReLU)
+    assert isinstance(plain.autoencoder.decoder_act, torch.nn.Identity)
+    relus = lambda m: sum(isinstance(x, torch.nn.ReLU) for x in m.modules())  # noqa: E731
+    assert relus(dfsc.autoencoder) == relus(plain.autoencoder) + 1
+    dfsc.autoencoder.eval(), plain.autoencoder.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        code = dfsc.autoencoder.encoder(x)
+        assert float(code.min()) < 0  # the bottleneck has negative values that the extra ReLU clips
+        assert not torch.equal(dfsc.autoencoder(x), plain.autoencoder(x))
+
+
+def test_map_norm_linear_changes_only_the_map_efficientads_unbounded_average():
+    dfsc, outs, sig = _reference_run()
+    linear, outs_linear, lin = _reference_run(map_norm="linear")
+    assert outs == outs_linear and torch.equal(dfsc.q_st, linear.q_st)  # training and quantiles untouched
+    assert float(sig.min()) > 0 and float(sig.max()) < 1
+    assert float(lin.min()) < 0  # below q_low in both maps: EfficientAD's maps go negative
+    images = _images(3, 64, seed=9)
+    map_st, map_ae = dfsc.raw_maps(images)
+    expected = 0.5 * (0.1 * (map_st - dfsc.q_st[0]) / (dfsc.q_st[1] - dfsc.q_st[0])
+                      + 0.1 * (map_ae - dfsc.q_ae[0]) / (dfsc.q_ae[1] - dfsc.q_ae[0]))
+    centre = lin[:, 0, 28:36, 28:36]  # the bilinear resize of an 8 x 8 map padded to 16 x 16, mid image
+    assert float(centre.min()) >= float(expected.min()) - 1e-6 and float(centre.max()) <= float(expected.max()) + 1e-6
+    assert torch.allclose(lin[:, :, :2, :2], torch.zeros(3, 1, 2, 2))  # zero padding at the border
+    # score-only: the raw parts, re-scored under the other map_norm, give the other map
+    parts = dfsc.score_parts(images)
+    dfsc.config = dfsc.config.replace(map_norm="linear")
+    assert torch.allclose(dfsc.maps_from_parts(parts), lin, atol=1e-6)
+
+
+def test_ae_augment_jitters_only_the_autoencoders_input():
+    from logicad.models.dfsc.augment import colour_jitter
+
+    model = _model(ae_augment="efficientad")
+    images = _images(2, 64)
+    batch = _batches(images, 2)[0]
+    model.prepare([batch])
+    teacher, images_ae, teacher_ae = model.training_targets(batch, images)
+    assert images_ae.shape == images.shape and not torch.equal(images_ae, images)
+    assert torch.allclose(teacher, model._teacher_features(images), rtol=2e-3, atol=2e-3)  # L_hard: the image
+    assert torch.equal(teacher_ae, model._teacher_features(images_ae))  # L_ae: the augmented image
+    plain = _model()
+    plain.prepare([batch])
+    t, same, t_ae = plain.training_targets(batch, images)
+    assert same is images and t_ae is t
+    # one of brightness, contrast, saturation per image, factor in [0.8, 1.2], in the [0, 1] domain
+    g = torch.Generator().manual_seed(0)
+    grey = torch.zeros(1, 3, 8, 8) + torch.tensor([0.5, 0.5, 0.5])[:, None, None]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for _ in range(10):
+        out = colour_jitter((grey - mean) / std, g) * std + mean
+        # contrast and saturation leave a uniform grey image as it is; brightness scales it
+        assert 0.4 - 1e-5 <= float(out.mean()) <= 0.6 + 1e-5 and float(out.std()) < 1e-5
+
+
+def test_augmentation_with_the_teacher_cache_gives_the_teachers_fresh_features():
+    cached = _model(ae_augment="efficientad")
+    fresh = _model(ae_augment="efficientad", teacher_cache_mb=0)
+    images = _images(4, 64)
+    batches = _batches(images, 2)
+    cached.prepare(batches), fresh.prepare(batches)
+    for epoch in range(2):  # the second epoch is served from the cache
+        for batch in batches:
+            t_cached, in_cached, t_ae_cached = cached.training_targets(batch, batch["image"])
+            t_fresh, in_fresh, t_ae_fresh = fresh.training_targets(batch, batch["image"])
+            assert torch.equal(in_cached, in_fresh)  # same seed: same jitter
+            assert torch.allclose(t_cached, t_fresh, rtol=2e-3, atol=2e-3)  # float16 entries
+            assert torch.equal(t_ae_cached, t_ae_fresh)
+            assert torch.equal(t_ae_fresh, fresh._teacher_features(in_fresh))
+    assert cached.cache.hits == 4 and cached.cache.misses == 4 and fresh.cache.hits == 0
+    out = cached(batches[0], stage="train")
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
