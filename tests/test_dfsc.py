@@ -518,3 +518,38 @@ def test_augmentation_with_the_teacher_cache_gives_the_teachers_fresh_features()
     assert cached.cache.hits == 4 and cached.cache.misses == 4 and fresh.cache.hits == 0
     out = cached(batches[0], stage="train")
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+
+
+# --- device-aware CPU tricks -------------------------------------------------------------------
+def test_sparse_hard_backward_is_used_on_the_cpu_only():
+    model = _model()
+    assert model.uses_sparse_backward(torch.device("cpu"))
+    assert not model.uses_sparse_backward(torch.device("cuda"))
+    model.sparse_hard_backward = False
+    assert not model.uses_sparse_backward(torch.device("cpu"))
+
+
+def test_teacher_cache_caches_in_part_on_the_cpu_and_all_or_nothing_on_a_gpu():
+    model = _model()
+    images = _images(3, 64)
+    model.prepare(_batches(images, 3))
+    one_image = 384 * 8 * 8 * 2
+    assert TeacherCache(one_image).partial_on(torch.device("cpu"))
+    assert not TeacherCache(one_image).partial_on(torch.device("cuda"))
+    direct = model._teacher_features(images)
+    part = TeacherCache(2 * one_image)  # the CPU policy: two of three images cached
+    first = part.lookup(images, torch.arange(3), model._teacher_features)
+    assert len(part.entries) == 2 and not part.skipped
+    assert torch.equal(part.lookup(images, torch.arange(3), model._teacher_features), first)
+    assert part.hits == 2
+    whole = TeacherCache(2 * one_image, partial=False)  # the GPU policy: does not fit -> off
+    assert torch.equal(whole.lookup(images, torch.arange(3), model._teacher_features), first)
+    assert whole.skipped and not whole.entries and whole.used == 0
+    assert torch.equal(whole.lookup(images, torch.arange(3), model._teacher_features), direct)  # fresh, unrounded
+    assert whole.hits == 0
+    fits = TeacherCache(3 * one_image, partial=False)  # fits: cached as on the CPU
+    fits.lookup(images, torch.arange(3), model._teacher_features)
+    fits.lookup(images, torch.arange(3), model._teacher_features)
+    assert fits.hits == 3 and not fits.skipped
+    whole.clear()
+    assert not whole.skipped
