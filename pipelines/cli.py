@@ -239,12 +239,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
                    storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000, **remote_data(args))
     if args.workers_per_trial != 1:
         print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
-    name = args.name or f"sweep-{args.method}-{category or args.dataset}"
-    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), name)
+    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), args.name)
+    name = record["sweep"]
     print(f"best trial of {name}: {space.metric} {record['best_objective']:.4f} ({space.objective} objective), "
           f"params {record['best_params']}")
     print_headline(record)
-    print(f"best config written to {Path(args.output) / 'best_config.yaml'} (logicad train --config FILE)")
+    print(f"best config written to {Path(record['sweep_dir']) / 'best_config.yaml'} (logicad train --config FILE)")
     return 0
 
 

@@ -58,3 +58,21 @@ def test_s3_data_is_synced_by_every_worker_into_its_own_node_cache(ray_runtime, 
     assert sorted(p.relative_to(synced) for p in synced.rglob("*.png")) == sorted(
         p.relative_to(driver_copy) for p in driver_copy.rglob("*.png"))
     assert len(list((synced / "train" / "good").glob("*.png"))) == 6
+
+
+def test_each_run_gets_its_own_directory_and_latest_points_at_the_newest(ray_runtime, small_loco, category,
+                                                                        tmp_path, capsys):
+    assert main(_train(tmp_path, str(small_loco), category)) == 0
+    assert main(_train(tmp_path, str(small_loco), category)) == 0
+    group = tmp_path / "outputs" / "dfsc" / category
+    runs = sorted(p for p in group.iterdir())
+    assert len(runs) == 2 and all((r / "model" / "model.pt").is_file() and (r / "metrics.json").is_file()
+                                  for r in runs)
+    newest = json.loads((tmp_path / "outputs" / "latest" / "metrics.json").read_text())
+    assert (tmp_path / "outputs" / "latest").resolve() == Path(newest["run_dir"]).resolve()
+    assert (tmp_path / "outputs" / "latest.txt").read_text().strip() == f"dfsc/{category}/{newest['run_name']}"
+    assert runs[1].name == newest["run_name"]
+    capsys.readouterr()
+    assert main(_train(tmp_path, str(small_loco), category, "--run-name", runs[0].name)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"run {runs[0].name!r} already exists" in err and "--resume" in err

@@ -52,9 +52,9 @@ def test_two_workers_keep_identical_replicas(runs):
 
 
 def test_prepare_statistics_of_two_workers_equal_one_workers(runs):
-    tmp, _, _ = runs
-    one = read_model_file(tmp / "one" / "model")["state_dict"]
-    two = read_model_file(tmp / "two" / "model")["state_dict"]
+    _, one, two = runs
+    one = read_model_file(Path(one["run_dir"]) / "model")["state_dict"]
+    two = read_model_file(Path(two["run_dir"]) / "model")["state_dict"]
     stats = [k for k in one if "teacher_mean" in k or "teacher_std" in k]
     assert stats
     for key in stats:
@@ -62,19 +62,19 @@ def test_prepare_statistics_of_two_workers_equal_one_workers(runs):
 
 
 def test_a_killed_worker_is_survived_by_resuming_from_the_checkpoint(runs):
-    tmp, _, two = runs
-    training = read_model_file(tmp / "two" / "model")["training"]
+    _, _, two = runs
+    training = read_model_file(Path(two["run_dir"]) / "model")["training"]
     assert training["finished"] and training["resumed_from"] == {"stage": 0, "step": 3}
 
 
 def test_results_contract_is_written_with_metrics_and_artifacts(runs):
     tmp, one, _ = runs
-    record = json.loads((tmp / "one" / "metrics.json").read_text())
+    record = json.loads((Path(one["run_dir"]) / "metrics.json").read_text())
     for key in ("method", "dataset", "category", "image_auroc", "image_auroc_logical", "image_auroc_structural",
                 "pixel_auroc", "spro_0.05", "aupro_0.3", "n_test", "train_seconds", "infer_ms_per_image"):
         assert key in record
     assert 0.0 <= record["image_auroc"] <= 1.0 and record["n_test"] == 9
-    assert {"heatmaps.png", "roc_curves.png", "model.pt"} <= {p.name for p in (tmp / "one" / "model").iterdir()}
+    assert {"heatmaps.png", "roc_curves.png", "model.pt"} <= {p.name for p in (Path(one["run_dir"]) / "model").iterdir()}
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(runs):
@@ -98,7 +98,7 @@ def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(runs, 
     from logicad.data import AnomalyDataset
 
     paths = [str(s.path) for s in scan("mvtec_loco", small_loco, category, "test")[:4]]
-    method = load_method_any(str(tmp / "one" / "model"))
+    method = load_method_any(str(Path(one["run_dir"]) / "model"))
     expected = [score for _, _, score in score_batches(method, AnomalyDataset(
         scan("mvtec_loco", small_loco, category, "test")[:4], method.config.image_size), torch.device("cpu"))]
     code = (
@@ -121,6 +121,6 @@ def test_resume_continues_an_interrupted_run_from_its_saved_step(ray_runtime, sm
     with pytest.raises(Exception):
         run_train(interrupted)
     resumed = _job(tmp_path, small_loco, category, "resume", checkpoint_every=3, resume=True, register=False)
-    run_train(resumed)
-    training = read_model_file(tmp_path / "resume" / "model")["training"]
+    record = run_train(resumed)
+    training = read_model_file(Path(record["run_dir"]) / "model")["training"]
     assert training["resumed_from"] == {"stage": 0, "step": 3} and training["step"] == 6

@@ -77,8 +77,8 @@ def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, cate
     assert len(parents) == 1 and parents[0].data.tags["objective"] == "synthetic"
     assert len(children) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in children)
     assert all("objective" in r.data.metrics and "margin" in r.data.params for r in children)
-    best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
-    config = resolve_config("dfsc", config_file=tmp_path / "out" / "best_config.yaml")
+    best = yaml.safe_load((tmp_path / "out" / "sweep" / "best_config.yaml").read_text())
+    config = resolve_config("dfsc", config_file=tmp_path / "out" / "latest" / "best_config.yaml")
     assert config.margin == best["config"]["margin"] and config.image_size == 64
 
 
@@ -136,3 +136,16 @@ def test_bad_s3_storage_fails_in_one_line_before_any_trial(storage, words, s3_en
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and words in err
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_a_used_sweep_name_is_refused_without_resume(small_loco, category, tmp_path, capsys):
+    import ray
+
+    from logicad.pipelines.cli import main
+
+    _space(tmp_path)
+    (tmp_path / "ray" / "sweep").mkdir(parents=True)  # what an earlier sweep of that name left
+    code = main(_tune(tmp_path, small_loco, category)[3:])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "sweep 'sweep' already exists" in err and "--resume" in err and not ray.is_initialized()

@@ -16,6 +16,7 @@ from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
+from .run_dirs import existing_names, latest_with_prefix, point_latest, refuse_reuse, timestamped
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .worker import WorkerSpec, train_loop
@@ -107,18 +108,28 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
+def run_group(job: TrainJob) -> Path:
+    """`<output>/<method>/<category>`: where this method's runs on this data live."""
+    return Path(job.output_dir) / job.method / (job.category or job.dataset)
+
+
 def _run_name(job: TrainJob) -> str:
-    if job.run_name:
-        return job.run_name
+    """The run's name: --run-name, or (with --resume) the latest run of this method/category, or a
+    new timestamped one. A taken name is refused unless resuming, so nothing is overwritten."""
+    taken = set(storage_run_names(job)) | existing_names(run_group(job))
     prefix = f"{job.method}-{job.category or job.dataset}"
+    if job.run_name:
+        refuse_reuse(job.run_name, taken, job.resume, "run", "--run-name", f"in {run_group(job)} or "
+                     f"{job.storage_path}")
+        return job.run_name
     if job.resume:
-        previous = sorted(name for name in _run_dirs(job) if name.startswith(prefix + "-"))
+        previous = latest_with_prefix(prefix, taken)
         if previous:
-            return previous[-1]
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+            return previous
+    return timestamped(prefix, taken)
 
 
-def _run_dirs(job: TrainJob) -> list[str]:
+def storage_run_names(job: TrainJob) -> list[str]:
     """Names of the runs under the storage path (local or on the pyarrow filesystem)."""
     if job.storage_filesystem is None:
         storage = Path(job.storage_path)
@@ -168,13 +179,14 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str, gpus: GpuDecision):
 
 
 def run_train(job: TrainJob) -> dict[str, Any]:
-    """Train, evaluate, write `<output>/metrics.json` + `<output>/model/`, log to MLflow."""
+    """Train, evaluate, write `<output>/<method>/<category>/<run>/` (metrics.json, model/), point
+    `<output>/latest` at it, log to MLflow."""
     check_inputs(job)
     uri = job.tracking_uri or tracking.default_tracking_uri()
     tracking.preflight(uri)
+    run_name = _run_name(job)
     ensure_ray()
     gpus = resolve_gpus(job)
-    run_name = _run_name(job)
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
               "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
     run_id = tracking.start_run(uri, job.experiment, run_name, params, {"preset": job.preset or "none", **job.tags})
@@ -187,19 +199,19 @@ def run_train(job: TrainJob) -> dict[str, Any]:
         tracking.end_run(uri, run_id, "FAILED")
         raise
     train_seconds = time.perf_counter() - start
-    return _finish(job, uri, run_id, result, train_seconds)
+    return _finish(job, uri, run_id, run_name, result, train_seconds)
 
 
-def _finish(job: TrainJob, uri: str, run_id: str, result, train_seconds: float) -> dict[str, Any]:
-    out = Path(job.output_dir)
+def _finish(job: TrainJob, uri: str, run_id: str, run_name: str, result, train_seconds: float) -> dict[str, Any]:
+    out = run_group(job) / run_name
     model_dir = out / "model"
-    if model_dir.exists():
+    if model_dir.exists():  # only a resumed run reaches here with its directory present
         shutil.rmtree(model_dir)
     result.checkpoint.to_directory(str(model_dir))
     metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
     record = {"method": job.method, "dataset": job.dataset, "category": job.category,
               **{k: metrics.get(k) for k in RESULT_KEYS}, **metrics, "train_seconds": round(train_seconds, 2),
-              "preset": job.preset, "mlflow_run_id": run_id}
+              "preset": job.preset, "mlflow_run_id": run_id, "run_name": run_name, "run_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (model_dir / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -214,5 +226,7 @@ def _finish(job: TrainJob, uri: str, run_id: str, result, train_seconds: float) 
         tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": record.get("threshold")}
         record["model_uri"] = log_and_register(run_id, model_dir / MODEL_FILE, name, tags)
         record["registered_model"] = name
+        (out / "metrics.json").write_text(json.dumps(record, indent=2))
     tracking.end_run(uri, run_id)
+    point_latest(Path(job.output_dir), out)
     return record

@@ -22,7 +22,8 @@ from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, load_model, update_model_file
 from ..config import flatten
 from .search_space import SearchSpace, to_tune
-from ..train.driver import TrainJob, check_inputs, data_identity, ensure_ray, worker_spec
+from ..train.driver import TrainJob, storage_run_names, check_inputs, data_identity, ensure_ray, worker_spec
+from ..train.run_dirs import existing_names, latest_with_prefix, point_latest, refuse_reuse, timestamped
 from ..train.resources import GpuDecision, cluster_gpu_view, decide_gpus
 from .trial_runs import MlflowTrialRuns
 from ..train.worker import WorkerSpec, tune_trial
@@ -100,12 +101,26 @@ def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus:
                       tune_config=tune_config, run_config=run_config)
 
 
-def run_tune(tj: TuneJob, name: str) -> dict[str, Any]:
-    """Run (or resume) the sweep; returns the best trial's record."""
+def sweep_name(tj: TuneJob, requested: str | None) -> str:
+    """--name, or (with --resume) the latest sweep of this method/category, or a new timestamped
+    name; a taken name is refused unless resuming, so no sweep's results are overwritten."""
+    job = tj.job
+    taken = set(storage_run_names(job)) | existing_names(Path(job.output_dir))
+    if requested:
+        refuse_reuse(requested, taken, tj.resume, "sweep", "--name", f"in {job.output_dir} or {job.storage_path}")
+        return requested
+    prefix = f"sweep-{job.method}-{job.category or job.dataset}"
+    previous = latest_with_prefix(prefix, taken) if tj.resume else None
+    return previous or timestamped(prefix, taken)
+
+
+def run_tune(tj: TuneJob, name: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep `name` (default: a new timestamped one); the best trial's record."""
     job, space = tj.job, tj.space
     check_inputs(job)
     uri = job.tracking_uri or tracking.default_tracking_uri()
     tracking.preflight(uri)
+    name = sweep_name(tj, name)
     ensure_ray()
     gpus = resolve_trial_gpus(tj)
     parent = tracking.find_or_start_run(uri, job.experiment, name, {
@@ -134,7 +149,7 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
     import torch
 
     job = tj.job
-    out = Path(job.output_dir)
+    out = Path(job.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     config = best_config(tj, best.config["params"])
     (out / "best_config.yaml").write_text(yaml.safe_dump({"method": job.method, "config": config}))
@@ -157,8 +172,10 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
                                                    tracking.registered_name(job.method, job.category), tags)
     tracking.log_results(uri, parent, {"best_objective": record["best_objective"]}, None)
     _client_log_artifact(uri, parent, out / "best_config.yaml")
+    record.update(sweep_dir=str(out), mlflow_run_id=parent)
     (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
     tracking.end_run(uri, parent)
+    point_latest(Path(job.output_dir), out)
     return record
 
 

@@ -1,0 +1,82 @@
+"""Every run (and every sweep) writes into its own directory; nothing is overwritten.
+
+    <output>/<method>/<category>/<run>/     metrics.json, model/ (model.pt, plots), ...
+    <output>/latest -> <method>/<category>/<run>     (a symlink where the file system allows)
+    <output>/latest.txt                              (the same relative path, always written)
+
+A name already used (a run directory or the Ray storage of that name) is refused unless
+the run resumes; default names carry a timestamp, with a suffix if two runs share a second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from logicad.models.base import ConfigError
+
+LATEST = "latest"
+LATEST_FILE = "latest.txt"
+
+
+class RunExistsError(ConfigError):
+    """A run or sweep name that is taken; the message says how to continue it or pick another."""
+
+
+def timestamped(prefix: str, taken: set[str]) -> str:
+    """`<prefix>-YYYYmmdd-HHMMSS`, with `-2`, `-3`, ... if that name is taken."""
+    name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def latest_with_prefix(prefix: str, names: set[str]) -> str | None:
+    found = sorted(name for name in names if name.startswith(prefix + "-"))
+    return found[-1] if found else None
+
+
+def refuse_reuse(name: str, taken: set[str], resume: bool, what: str, flag: str, where: str) -> None:
+    """RunExistsError when `name` is taken and this is not a resume."""
+    if name in taken and not resume:
+        raise RunExistsError(f"{what} {name!r} already exists ({where}); pass --resume to continue it or choose "
+                             f"another {flag}")
+
+
+def existing_names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+
+def point_latest(root: Path, target: Path) -> None:
+    """Make `<root>/latest` (symlink) and `<root>/latest.txt` name `target` (atomically replaced)."""
+    relative = os.path.relpath(target, root)
+    tmp = root / f".{LATEST_FILE}.{os.getpid()}"
+    tmp.write_text(relative + "\n")
+    tmp.replace(root / LATEST_FILE)
+    link = root / f".{LATEST}.{os.getpid()}"
+    try:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(relative, target_is_directory=True)
+        link.replace(root / LATEST)
+    except OSError:  # no symlinks here (some Windows or network file systems): latest.txt says it
+        if link.is_symlink():
+            link.unlink()
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the files below `path` (symlinks not followed)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
