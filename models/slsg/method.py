@@ -276,6 +276,10 @@ class SLSG(Method):
         """gpt: the encoder trains. seg: the encoder is frozen (no gradients), its BatchNorm
         layers stay in train mode (running statistics keep adapting), as in the authors' code."""
         self.encoder.requires_grad_(stage == "gpt")
+        if stage == "seg":  # stage 1's last gradients are no longer stepped by anyone
+            for module in (self.encoder, self.gpt, self.discriminator):
+                for p in module.parameters():
+                    p.grad = None
         self._gpt_step = int(self.steps_done[0])
 
     def after_step(self, stage: str) -> None:
@@ -302,21 +306,27 @@ class SLSG(Method):
                                 c.large_mask_max * scale, c.large_mask_count, self._generator)
 
     def _gpt_step_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        masks = self.inpainting_masks(images.shape[0], images.shape[-1]).to(images.device, images.dtype)
+        g_loss, d_loss, parts = self.gan_losses(images, masks)
+        out = {**parts, "g_loss": g_loss, "d_loss": d_loss}
+        return {"loss": g_loss + d_loss, **{k: v.detach() for k, v in out.items()}}
+
+    def gan_losses(self, images: torch.Tensor, masks: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(generator loss, discriminator loss, generator terms) of one GPT-Net step. The
+        generator loss reaches only the encoder and GPT-Net (its adversarial term calls the
+        discriminator with detached parameters); the discriminator loss reaches only the
+        discriminator (it sees a detached reconstruction). Their sum is backpropagated once."""
         c = self.config
         size = tuple(images.shape[-2:])
-        masks = self.inpainting_masks(images.shape[0], size[0]).to(images.device, images.dtype)
-        masked = images * (1 - masks)
-        reconstruction, aux = self.gpt(self.encoder(masked), size)
-        # generator: adversarial term through a parameter-detached discriminator (moves only G)
+        reconstruction, aux = self.gpt(self.encoder(images * (1 - masks)), size)
         frozen = {n: p.detach() for n, p in self.discriminator.named_parameters()}
         l_adv = L.lsgan_generator(functional_call(self.discriminator, frozen, (reconstruction,)))
         l_l1 = L.l1_loss(reconstruction, images)
         l_aux = L.l2_loss(aux, images)
         g_loss = c.w_adv * l_adv + c.w_l1 * l_l1 + c.w_rec_aux * l_aux
-        # discriminator: a detached reconstruction (moves only D)
         d_loss = L.lsgan_discriminator(self.discriminator(reconstruction.detach()), self.discriminator(images))
-        out = {"g_adv": l_adv, "g_l1": l_l1, "g_aux": l_aux, "g_loss": g_loss, "d_loss": d_loss}
-        return {"loss": g_loss + d_loss, **{k: v.detach() for k, v in out.items()}}
+        return g_loss, d_loss, {"g_adv": l_adv, "g_l1": l_l1, "g_aux": l_aux}
 
     # --- stage 2 ----------------------------------------------------------------------
     def _seg_step_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
