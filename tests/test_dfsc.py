@@ -553,3 +553,13 @@ def test_teacher_cache_caches_in_part_on_the_cpu_and_all_or_nothing_on_a_gpu():
     assert fits.hits == 3 and not fits.skipped
     whole.clear()
     assert not whole.skipped
+
+
+def test_traceable_maps_equal_the_eager_maps_under_either_map_norm():
+    model, images = _trained()
+    model.finalize(_batches(_images(3, 64, seed=5), 3))
+    model.eval()
+    for map_norm in ("sigmoid", "linear"):
+        model.config = model.config.replace(map_norm=map_norm)
+        with torch.inference_mode():
+            assert torch.allclose(model.traceable_maps(images), model.anomaly_map(images), atol=1e-6)

@@ -412,6 +412,15 @@ class DFSC(Method):
         with torch.inference_mode():
             return scoring.combine(parts["map_st"], parts["map_ae"], q_st, q_ae, (size, size), self.config.map_norm)
 
+    def traceable_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """`anomaly_map` as a pure tensor function, for the compiled scoring path
+        (pipelines/evaluate/compiled.py): no host read of `finalized`, no inference_mode
+        block (the scorer runs in eval and inference mode, so the maps are the same)."""
+        x = self._input(images)
+        with self._scoring_autocast(x.device):
+            map_st, map_ae = scoring.difference_maps(self._teacher_features(x), self.student_ema(x), self.autoencoder(x))
+        return scoring.combine(map_st, map_ae, self.q_st, self.q_ae, tuple(images.shape[-2:]), self.config.map_norm)
+
     def _scoring_autocast(self, device: torch.device):
         precision = self.config.precision
         if precision == "bf16":
