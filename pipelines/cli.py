@@ -123,10 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"no --data: training on the synthetic default ({data}, category {category}) "
               f"with the {preset!r} preset", flush=True)
     preset = None if preset == "none" else preset
-    sets = list(args.set or [])
-    if args.max_steps is not None:
-        sets.append(f"max_steps={args.max_steps}")
-    config = resolve_config(args.method, sets, args.config, preset)
+    config = resolve_config(args.method, _sets(args), args.config, preset)
     if preset:
         print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)
     job = TrainJob(args.method, config, args.dataset, data, category, preset, args.workers,
@@ -154,15 +151,20 @@ def print_headline(record: dict) -> None:
     print(", ".join(parts))
 
 
+def _config_args(p: argparse.ArgumentParser) -> None:
+    """The config flags train and tune share."""
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file of config keys (e.g. from logicad tune)")
+    p.add_argument("--preset", default=None, help="named smaller setting ('none' for the paper's defaults)")
+
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a method on Ray Train, evaluate it, track it in MLflow")
     p.add_argument("--method", default="dfsc")
     _data_args(p)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
-    p.add_argument("--config", default=None, help="YAML file of config keys (e.g. from logicad tune)")
-    p.add_argument("--preset", default=None, help="named smaller setting ('none' for the paper's defaults)")
+    _config_args(p)
     p.add_argument("--output", default="outputs", help="where metrics.json and model/ are written")
     p.add_argument("--storage", default="ray_results", help="Ray run storage: local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
@@ -224,28 +226,46 @@ def add_evaluate(sub) -> None:
 
 # --- tune -------------------------------------------------------------------------------
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .config import resolve_config
+    if args.from_run:
+        from .tune.score_only import cmd_score_only
+
+        return cmd_score_only(args)
+    from logicad.models.base import ConfigError
+
+    from .config import resolve_tune_config
     from .tune.search_space import load_space
     from .train.driver import TrainJob
-    from .tune.tuner import TuneJob, run_tune
+    from .tune.tuner import SELECTION, TuneJob, run_tune
 
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples {args.num_samples}: expected 1 or more trials")
     space = load_space(args.space, args.method)
     if args.objective:
         space.objective = args.objective
     storage, filesystem = _storage(args)
     data, category, _ = resolve_data(args)
-    config = resolve_config(args.method, [f"{k}={v}" for k, v in space.fixed.items()], None, space.preset)
+    config, pinned = resolve_tune_config(space, _sets(args), args.config, args.preset)
+    for key in pinned:
+        print(f"note: {key} is set on the command line, so the sweep does not search it", flush=True)
     job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
                    storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000, **remote_data(args))
     if args.workers_per_trial != 1:
         print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
     record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), args.name)
     name = record["sweep"]
-    print(f"best trial of {name}: {space.metric} {record['best_objective']:.4f} ({space.objective} objective), "
-          f"params {record['best_params']}")
+    print(f"best trial of {name} ({SELECTION}): {space.metric} {record['best_objective']:.4f} "
+          f"({space.objective} objective), params {record['best_params']}")
     print_headline(record)
     print(f"best config written to {Path(record['sweep_dir']) / 'best_config.yaml'} (logicad train --config FILE)")
     return 0
+
+
+def _sets(args: argparse.Namespace) -> list[str]:
+    """--set items plus --max-steps as one more."""
+    sets = list(args.set or [])
+    if args.max_steps is not None:
+        sets.append(f"max_steps={args.max_steps}")
+    return sets
 
 
 def _storage(args: argparse.Namespace):
@@ -266,7 +286,11 @@ def add_tune(sub) -> None:
     p.add_argument("--method", default="dfsc")
     _data_args(p)
     p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/<method>.yaml)")
-    p.add_argument("--num-samples", type=int, default=None)
+    _config_args(p)  # override the space's preset and fixed keys; a searched key set here is not searched
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's budget)")
+    p.add_argument("--from-run", default=None, metavar="RUN",
+                   help="score-only sweep: reuse RUN's trained model (run id, models:/ URI or model dir) and "
+                        "search only the method's score-only keys")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
                    help="synthetic (leak-free, default) or test (paper-style; leaks the test set)")
     p.add_argument("--storage", default="ray_results", help="local dir or s3://bucket/prefix")
@@ -364,12 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .storage import StorageError
     from .registry.tracking import TrackingError
     from .train.resources import ResourceRequestError
+    from .train.worker import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
-            StorageError, ResourceRequestError) as exc:
+            StorageError, ResourceRequestError, NonFiniteLossError) as exc:
         print(f"logicad: error: {exc}", file=sys.stderr)
         return 2
 

@@ -58,6 +58,24 @@ def resolve_config(
     return method_class(method).config_cls.build(overrides, preset=preset)
 
 
+def resolve_tune_config(space, sets: Iterable[str] = (), config_file: str | Path | None = None,
+                        preset: str | None = None) -> tuple[MethodConfig, list[str]]:
+    """A sweep's base config, in train's order with the space in it: defaults <- preset (--preset,
+    else the space's) <- the space's `fixed` keys <- --config <- --set. Searched keys given on the
+    command line with --set are dropped from the search (pinned); returns (config, pinned keys)."""
+    if preset is not None:
+        space.preset = None if preset == "none" else preset
+    given: dict[str, Any] = {}
+    if config_file:
+        given.update(read_config_file(config_file))
+    given.update(parse_sets(sets))
+    config = method_class(space.method).config_cls.build({**space.fixed, **given}, preset=space.preset)
+    pinned = sorted(key for key in parse_sets(sets) if key in space.space)  # a --config file is only a base
+    for key in pinned:
+        space.space.pop(key)
+    return config, pinned
+
+
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
     """Nested dicts -> {'a.b': v} for MLflow params."""
     if isinstance(value, dict):

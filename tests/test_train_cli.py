@@ -76,3 +76,17 @@ def test_each_run_gets_its_own_directory_and_latest_points_at_the_newest(ray_run
     assert main(_train(tmp_path, str(small_loco), category, "--run-name", runs[0].name)) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"run {runs[0].name!r} already exists" in err and "--resume" in err
+
+
+def test_a_non_finite_loss_stops_training_in_one_line_without_a_retry(ray_runtime, small_loco, category, tmp_path,
+                                                                     capsys):
+    from mlflow.tracking import MlflowClient
+
+    code = main(_train(tmp_path, str(small_loco), category, "--set", "lr=1e12", "--checkpoint-every", "1",
+                       "--max-failures", "3"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("logicad: error: dfsc:") and "non-finite loss at step" in err and "term '" in err
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (tmp_path / "outputs").exists()

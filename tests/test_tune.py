@@ -67,19 +67,57 @@ def test_the_shipped_dfsc_space_searches_margin_alpha_quantile_and_lr():
 
 
 def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, category, tmp_path):
-    _space(tmp_path)
+    """--max-steps overrides the space's fixed keys; a trial whose loss goes non-finite ends as
+    errored while the sweep goes on; the best trial is chosen by each trial's last report, in
+    the printout, best_config.yaml and the registered version's tags alike."""
+    from mlflow.tracking import MlflowClient
+
+    path = _space(tmp_path, steps=100000)  # --max-steps below must win, or this test times out
+    path.write_text(path.read_text().replace("lr: {loguniform: [5.0e-5, 5.0e-4]}", "lr: {grid: [2.0e-4, 1.0e+12]}"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    result = subprocess.run(_tune(tmp_path, small_loco, category), capture_output=True, text=True, env=env,
-                            timeout=400)
+    result = subprocess.run(_tune(tmp_path, small_loco, category, "--max-steps", "6", "--num-samples", "2"),
+                            capture_output=True, text=True, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "best trial of sweep" in result.stdout
+    out = result.stdout
+    assert "selection: each trial's last report" in out
+    assert out.count("errored: ") == 2 and "non-finite loss at step" in out
     parents, children = _child_runs(tmp_path)
     assert len(parents) == 1 and parents[0].data.tags["objective"] == "synthetic"
-    assert len(children) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in children)
-    assert all("objective" in r.data.metrics and "margin" in r.data.params for r in children)
+    assert len(children) == 4 and sorted(r.info.status for r in children).count("FAILED") == 2
+    ok = [r for r in children if r.info.status != "FAILED"]
+    assert all("objective" in r.data.metrics and "margin" in r.data.params for r in ok)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run in ok:  # objectives logged at the training step they were measured at
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "objective")]
+        assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] <= 6
+    best_value = max(r.data.metrics["objective"] for r in ok)  # MLflow's latest value = the last report
     best = yaml.safe_load((tmp_path / "out" / "sweep" / "best_config.yaml").read_text())
+    assert best["objective"] == pytest.approx(best_value) and f"objective {best_value:.4f}" in out
+    assert best["selection"] == "selection: each trial's last report" and best["config"]["max_steps"] == 6
+    version = client.get_model_version(f"logicad-dfsc-{category}", "1")
+    assert float(version.tags["best_objective"]) == pytest.approx(best_value) and "last report" in version.tags[
+        "selection"]
     config = resolve_config("dfsc", config_file=tmp_path / "out" / "latest" / "best_config.yaml")
     assert config.margin == best["config"]["margin"] and config.image_size == 64
+
+
+def test_zero_samples_is_rejected_in_one_line(capsys, tmp_path):
+    from logicad.pipelines.cli import main
+
+    assert main(["tune", "--num-samples", "0", "--data", str(tmp_path), "--category", "c"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "logicad: error: --num-samples 0: expected 1 or more trials"
+
+
+def test_tune_set_and_config_override_the_space_and_pin_searched_keys(tmp_path):
+    from logicad.pipelines.config import resolve_tune_config
+
+    space = load_space(_space(tmp_path), "dfsc")
+    best = tmp_path / "best.yaml"
+    best.write_text("method: dfsc\nconfig: {batch_size: 4, margin: 0.3}\n")
+    config, pinned = resolve_tune_config(space, ["max_steps=30", "lr=1e-4"], best, None)
+    assert (config.max_steps, config.batch_size, config.lr, config.image_size) == (30, 4, 1e-4, 64)
+    assert pinned == ["lr"] and "lr" not in space.space and "margin" in space.space
 
 
 def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:

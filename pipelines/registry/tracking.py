@@ -40,6 +40,10 @@ def preflight(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); expected a running "
                                 "`mlflow server` at that address") from None
     elif uri.startswith("sqlite:///"):
+        import logging
+
+        for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+            logging.getLogger(name).setLevel(logging.WARNING)
         db = Path(uri.removeprefix("sqlite:///"))
         try:
             db.parent.mkdir(parents=True, exist_ok=True)

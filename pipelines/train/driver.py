@@ -19,7 +19,8 @@ from .checkpoints import MODEL_FILE
 from .run_dirs import existing_names, latest_with_prefix, point_latest, refuse_reuse, timestamped
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
-from .worker import WorkerSpec, train_loop
+from .nonfinite import guarded_train_loop, raise_if_nonfinite
+from .worker import WorkerSpec
 
 RESULT_KEYS = ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_auroc", "spro_0.05",
                "aupro_0.3")
@@ -164,7 +165,7 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str, gpus: GpuDecision):
 
     storage = job.storage_path if job.storage_filesystem else str(Path(job.storage_path).absolute())
     trainer = TorchTrainer(
-        train_loop,
+        guarded_train_loop,
         train_loop_config=spec.to_dict(),
         scaling_config=_scaling(job, gpus),
         run_config=RunConfig(
@@ -195,6 +196,7 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         result = fit(job, spec, run_name, gpus)
+        raise_if_nonfinite(result.metrics)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise

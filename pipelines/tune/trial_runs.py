@@ -22,6 +22,7 @@ class MlflowTrialRuns(Callback):
     def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.runs: dict[str, str] = {}
+        self.steps: dict[str, int] = {}
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.runs:
@@ -40,11 +41,24 @@ class MlflowTrialRuns(Callback):
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        step = int(result.get("step", result.get("training_iteration", 0)))
+        step = self.step_of(trial, result)
         now = int(time.time() * 1000)
         values = [Metric(k, float(v), now, step) for k, v in result.items()
                   if k not in SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)]
         MlflowClient(self.uri).log_batch(self._run(trial), metrics=values)
+
+    def step_of(self, trial, result: dict) -> int:
+        """The training step a report was measured at: its `step`, or for the final report (taken
+        after the last step) the trial's step budget, never below an earlier report's step."""
+        last = self.steps.get(trial.trial_id, 0)
+        if "step" in result:
+            step = int(result["step"])
+        else:
+            spec = trial.config.get("spec", {})
+            budget = {**spec.get("config", {}), **trial.config.get("params", {})}.get("max_steps", last)
+            step = int(budget) if result.get("final") else last
+        self.steps[trial.trial_id] = max(last, step)
+        return max(last, step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         tracking.end_run(self.uri, self._run(trial), "FINISHED")

@@ -29,6 +29,13 @@ from .trial_runs import MlflowTrialRuns
 from ..train.worker import WorkerSpec, tune_trial
 
 
+#: How the best trial is chosen, everywhere (printout, best_config.yaml, registered version's
+#: tags): each trial's LAST report, i.e. the objective of the model the trial ended with (the
+#: final checkpoint, which is the one registered). ASHA-stopped trials count with their last rung.
+SELECTION = "selection: each trial's last report"
+SCOPE = "last"
+
+
 @dataclass
 class TuneJob:
     job: TrainJob  # data, storage, tracking; its config is the base every trial starts from
@@ -131,8 +138,29 @@ def run_tune(tj: TuneJob, name: str | None = None) -> dict[str, Any]:
                        objective=space.objective)
     results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)], gpus).fit()
     tracking.end_orphan_children(uri, parent)
-    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    report_errors(results)
+    best = best_result(results, space)
     return _finish(tj, uri, parent, best, name)
+
+
+def report_errors(results) -> None:
+    """One line per errored trial (e.g. a non-finite loss); the sweep goes on without it."""
+    for result in results:
+        if result.error is not None:
+            message = str(result.error).strip().splitlines()
+            last = next((line for line in reversed(message) if line.strip()), type(result.error).__name__)
+            print(f"trial {Path(result.path).name} errored: {last.strip()}", flush=True)
+
+
+def best_result(results, space: SearchSpace):
+    """The best trial by SELECTION; ConfigError when no trial reported the metric."""
+    from logicad.models.base import ConfigError
+
+    try:
+        return results.get_best_result(metric=space.metric, mode=space.mode, scope=SCOPE, filter_nan_and_inf=True)
+    except RuntimeError:
+        raise ConfigError(f"no trial reported {space.metric!r} ({len(results.errors)} of {len(results)} "
+                          "trials errored; see the lines above)") from None
 
 
 def best_config(tj: TuneJob, params: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +180,9 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
     out = Path(job.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     config = best_config(tj, best.config["params"])
-    (out / "best_config.yaml").write_text(yaml.safe_dump({"method": job.method, "config": config}))
+    (out / "best_config.yaml").write_text(yaml.safe_dump({
+        "method": job.method, "sweep": name, "selection": SELECTION,
+        tj.space.metric: best.metrics.get(tj.space.metric), "config": config}))
     with tempfile.TemporaryDirectory() as tmp:
         best.checkpoint.to_directory(tmp)
         method = load_model(Path(tmp) / MODEL_FILE)
@@ -160,14 +190,15 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
         update_model_file(Path(tmp) / MODEL_FILE, threshold=metrics["threshold"])
         record = {"method": job.method, "dataset": job.dataset, "category": job.category, **metrics,
                   "objective": tj.space.objective, "best_objective": best.metrics.get(tj.space.metric),
-                  "best_params": best.config["params"], "sweep": name}
+                  "best_params": best.config["params"], "sweep": name, "selection": SELECTION}
         (Path(tmp) / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
         child = tracking.trial_run_id(uri, parent, best.path)
         tracking.log_results(uri, child or parent, {**metrics, "best_objective": record["best_objective"]}, Path(tmp))
         mlflow.set_tracking_uri(uri)
         if job.register:
             tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": metrics["threshold"],
-                    "objective": tj.space.objective}
+                    "objective": tj.space.objective, "best_objective": record["best_objective"],
+                    "selection": SELECTION, "sweep": name}
             record["model_uri"] = log_and_register(child or parent, Path(tmp) / MODEL_FILE,
                                                    tracking.registered_name(job.method, job.category), tags)
     tracking.log_results(uri, parent, {"best_objective": record["best_objective"]}, None)
