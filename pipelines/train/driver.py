@@ -75,13 +75,24 @@ def check_paths(config: MethodConfig) -> None:
 
 
 def check_inputs(job: TrainJob) -> None:
-    """Every split scanned and the test ground truth read, so bad data fails before Ray starts."""
+    """Every split scanned, the test ground truth read and every image and mask decoded (once per
+    dataset fingerprint), so bad data fails in one line before Ray starts."""
+    from logicad.data.integrity import verify_decodable
+
+    from ..cli import cache_dir
+
     check_paths(job.config)
-    for split in ("train", "validation"):
-        scan(job.dataset, Path(job.data_root), job.category, split)
+    samples = [s for split in ("train", "validation") for s in scan(job.dataset, Path(job.data_root), job.category,
+                                                                    split)]
     if job.dataset != "folder":
-        check_ground_truth(scan(job.dataset, Path(job.data_root), job.category, "test"),
-                           load_defects(job.dataset, job.data_root, job.category))
+        test = scan(job.dataset, Path(job.data_root), job.category, "test")
+        check_ground_truth(test, load_defects(job.dataset, job.data_root, job.category))
+        samples += test
+    root = Path(job.data_root)
+    marker_dir = Path(job.cache_dir) if job.cache_dir else cache_dir()
+    decoded = verify_decodable(samples, root, marker_dir / "verified", threads=min(16, (os.cpu_count() or 2) * 2))
+    if decoded:
+        print(f"decoded all {decoded} images and masks of {root} (done once per dataset version)", flush=True)
 
 
 def data_identity(dataset: str, root: str | Path, category: str | None) -> dict[str, str]:
