@@ -52,7 +52,8 @@ def add_make_synthetic(sub) -> None:
 
     d = SyntheticSpec()
     p = sub.add_parser("make-synthetic", help="write the synthetic MVTec LOCO-format dataset")
-    p.add_argument("--out", required=True, help="output root (categories are written below it)")
+    p.add_argument("--out", "--output", dest="out", required=True,
+                   help="output root (categories are written below it)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--size", type=int, default=d.size, help="shorter image side in pixels")
     p.add_argument("--categories", default=None, help="comma-separated subset (default: all)")
@@ -79,7 +80,7 @@ def add_evaluate_maps(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad"])
-    p.add_argument("--out", default=None, help="write metrics.json here")
+    p.add_argument("--out", "--output", dest="out", default=None, help="write metrics.json here")
     p.set_defaults(func=cmd_evaluate_maps)
 
 
@@ -165,7 +166,9 @@ def add_train(sub) -> None:
     _data_args(p)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     _config_args(p)
-    p.add_argument("--output", default="outputs", help="where metrics.json and model/ are written")
+    p.add_argument("--out", "--output", dest="output", default="outputs",
+                   help="output root: each run writes <out>/<method>/<category>/<run>/ and <out>/latest points "
+                        "at the newest")
     p.add_argument("--storage", default="ray_results", help="Ray run storage: local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--run-name", default=None)
@@ -216,7 +219,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
                                                   "or a model.pt file or its folder")
     _data_args(p)
-    p.add_argument("--output", "--out", dest="output", default="outputs/evaluate",
+    p.add_argument("--out", "--output", dest="output", default="outputs/evaluate",
                    help="where metrics.json and the plots are written")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
@@ -301,7 +304,8 @@ def add_tune(sub) -> None:
                         "default: auto, 1 when the cluster has or can autoscale GPU nodes)")
     p.add_argument("--name", default=None, help="sweep name (resume uses it)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
-    p.add_argument("--output", default="outputs/tune")
+    p.add_argument("--out", "--output", dest="output", default="outputs/tune",
+                   help="output root: each sweep writes <out>/<sweep>/ (best_config.yaml, metrics.json)")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_tune)
 
@@ -351,7 +355,7 @@ def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="score a folder of images with a saved or registered model")
     p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3, or a model.pt path")
     p.add_argument("--images", required=True, help="folder (searched recursively) or s3://bucket/prefix")
-    p.add_argument("--out", default="outputs/predict")
+    p.add_argument("--out", "--output", dest="out", default="outputs/predict")
     p.add_argument("--threshold", type=float, default=None, help="default: the threshold recorded with the model")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--s3-endpoint-url", default=None)

@@ -128,3 +128,16 @@ def test_evaluate_of_a_missing_registered_model_names_the_store_in_one_line(caps
                  "--category", "c"]) == 2
     err = _one_error_line(capsys)
     assert "models:/nope/1" in err and uri in err
+
+
+def test_every_command_takes_out_with_output_as_its_alias():
+    from logicad.pipelines.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        flags = {s for a in command._actions for s in a.option_strings}
+        if flags & {"--out", "--output"}:
+            assert {"--out", "--output"} <= flags, name
+            action = next(a for a in command._actions if "--out" in a.option_strings)
+            assert action.option_strings[0] == "--out", name

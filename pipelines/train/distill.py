@@ -50,6 +50,6 @@ def add_distill_teacher(sub) -> None:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int, default=20000)
-    p.add_argument("--out", default="teacher.pth")
+    p.add_argument("--out", "--output", dest="out", default="teacher.pth")
     p.add_argument("--cpu", action="store_true")
     p.set_defaults(func=cmd_distill_teacher)
