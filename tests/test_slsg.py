@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
@@ -274,6 +275,12 @@ def ray_runtime():
     ray.shutdown()
 
 
+def _model_dir(output: Path) -> Path:
+    """A run's model folder: <output>/latest/model where runs get their own folders, else <output>/model."""
+    latest = output / "latest" / "model"
+    return latest if latest.exists() else output / "model"
+
+
 RAY_SETS = ["image_size=64", "batch_size=2", "gpt_batch_size=2", "gpt_steps=4", "seg_steps=6", "max_steps=10",
             "sim_draws=2", "precision=32"]
 
@@ -297,12 +304,12 @@ def test_a_run_killed_in_stage_two_resumes_there_without_redoing_stage_one(kille
     from logicad.pipelines.train.checkpoints import read_model_file
 
     tmp, record = killed_in_stage_two
-    final = read_model_file(tmp / "two" / "model")
+    final = read_model_file(_model_dir(tmp / "two"))
     assert final["training"]["resumed_from"] == {"stage": 1, "step": 4}
     assert final["state_dict"]["steps_done"].tolist() == [4, 6]  # stage 1 trained once, not again
     # the encoder stage 1 left is the one the final model scores with
     checkpoints = [read_model_file(p) for p in (tmp / "ray" / "two").glob("checkpoint_*/model.pt")]
-    stage_two = [c for c in checkpoints if c["training"]["stage"] == 1]
+    stage_two = [c for c in checkpoints if c["training"]["stage"] == 1 and not c["training"].get("finished")]
     assert stage_two
     for c in stage_two:
         for key, value in c["state_dict"].items():
@@ -313,7 +320,7 @@ def test_a_run_killed_in_stage_two_resumes_there_without_redoing_stage_one(kille
 def test_two_workers_keep_identical_replicas_discriminator_included(killed_in_stage_two):
     tmp, record = killed_in_stage_two
     assert record["replica_divergence"] == 0.0  # the sum of every parameter, discriminator included
-    metrics = json.loads((tmp / "two" / "metrics.json").read_text())
+    metrics = json.loads((_model_dir(tmp / "two") / "metrics.json").read_text())
     assert metrics["method"] == "slsg" and 0.0 <= metrics["image_auroc"] <= 1.0
 
 
@@ -324,7 +331,7 @@ def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(killed
 
     tmp, record = killed_in_stage_two
     samples = scan("mvtec_loco", small_loco, category, "test")[:4]
-    method = load_method_any(str(tmp / "two" / "model"))
+    method = load_method_any(str(_model_dir(tmp / "two")))
     expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, 64), torch.device("cpu"))]
     code = (
         "import json, mlflow.pyfunc, pandas as pd\n"
