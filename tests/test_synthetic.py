@@ -229,12 +229,14 @@ def test_invalid_spec_raises_value_error(tmp_path, change):
 
 
 def test_default_dataset_for_all_categories_generates_in_under_a_minute(tmp_path):
-    start = time.perf_counter()
+    """CPU seconds of this process (all its threads), so that other processes on a shared
+    machine do not fail the test: about 16 s for the four categories (8 s wall on 2 free cores)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     dirs = make_synthetic(tmp_path, SyntheticSpec())
-    seconds = time.perf_counter() - start
-    print(f"default synthetic dataset ({len(dirs)} categories): {seconds:.1f} s")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"default synthetic dataset ({len(dirs)} categories): {seconds:.1f} s wall, {cpu:.1f} CPU s")
     assert len(list((tmp_path / CATEGORIES[0] / "train" / "good").glob("*.png"))) == SyntheticSpec().n_train
-    assert seconds < 60
+    assert cpu < 60
 
 
 # --- screw_bag: the random layout ------------------------------------------------------------------
@@ -318,9 +320,9 @@ def test_screw_bag_bent_item_bends_one_screw():
 
 def test_screw_bag_generates_fast_and_deterministically(tmp_path):
     spec = SyntheticSpec(size=96, n_train=8, n_validation=2, n_test_good=2, n_test_logical=6, n_test_structural=10)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: robust to a loaded machine
     make_synthetic(tmp_path / "a", spec, ["screw_bag"])
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     make_synthetic(tmp_path / "b", spec, ["screw_bag"])
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
-    assert seconds / 28 < 0.25, f"{seconds / 28:.2f} s per 96 px image"
+    assert seconds / 28 < 0.25, f"{seconds / 28:.2f} CPU s per 96 px image"
