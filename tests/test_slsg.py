@@ -347,3 +347,15 @@ def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(killed
     assert out["scores"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+
+
+def test_shipped_search_spaces_load_with_slsg_keys():
+    from logicad.pipelines.tune.search_space import load_space
+
+    root = Path(__file__).resolve().parent.parent / "tune_spaces"
+    space = load_space(root / "slsg.yaml", "slsg")
+    assert {"mask_ratio", "mask_patch_size", "large_mask_min", "large_mask_max", "p_logical", "logical_threshold",
+            "structural_threshold", "lr"} <= set(space.space)
+    ablation = load_space(root / "slsg_ablation.yaml", "slsg")
+    assert set(ablation.space) == {"p_logical", "skip_gpt", "use_sg_block"}
+    assert all("grid" in spec for spec in ablation.space.values())
