@@ -141,3 +141,25 @@ def test_every_command_takes_out_with_output_as_its_alias():
             assert {"--out", "--output"} <= flags, name
             action = next(a for a in command._actions if "--out" in a.option_strings)
             assert action.option_strings[0] == "--out", name
+
+
+def test_predict_overlays_keep_each_images_size_and_are_named_by_its_relative_path(small_loco, category,
+                                                                                 tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    method = build_method("dfsc", image_size=64)
+    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
+    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    model = save_model(tmp_path / "model" / "model.pt", method, {"threshold": 0.5})
+    source = sorted((small_loco / category / "test" / "good").glob("*.png"))[0]
+    wide = np.asarray(Image.open(source).convert("RGB").resize((160, 96)))
+    for rel in ("line1/a.png", "line2/a.png"):
+        (tmp_path / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(wide).save(tmp_path / "images" / rel)
+    assert main(["predict", "--model", str(model), "--images", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    for rel in ("line1/a.png", "line2/a.png"):
+        written = cv2.imread(str(tmp_path / "pred" / "overlays" / rel))
+        assert written is not None and written.shape == (96, 160, 3)

@@ -36,20 +36,27 @@ def heatmap_grid(
     rows = len(images)
     vmax = vmax if vmax is not None else max(float(np.max(m)) for m in maps)
     vmin = min(float(np.min(m)) for m in maps)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
+    # three equal image columns and a narrow colour-bar column at the side
+    fig = plt.figure(figsize=(7.9, 2.5 * rows))
+    grid = fig.add_gridspec(rows, 4, width_ratios=[1, 1, 1, 0.06], wspace=0.06, hspace=0.25)
+    shown = None
     for row, (image, amap, mask, title) in enumerate(zip(images, maps, masks, titles)):
         rgb = denormalise(image)
-        axes[row, 0].imshow(rgb)
-        axes[row, 0].set_title(title, fontsize=8)
-        axes[row, 1].imshow(rgb)
-        shown = axes[row, 1].imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
-        axes[row, 1].set_title("anomaly map", fontsize=8)
-        axes[row, 2].imshow(mask > 0, cmap="gray", vmin=0, vmax=1)
-        axes[row, 2].set_title("ground truth", fontsize=8)
-        for ax in axes[row]:
+        height, width = rgb.shape[:2]
+        axes = [fig.add_subplot(grid[row, col]) for col in range(3)]
+        axes[0].imshow(rgb)
+        axes[0].set_title(title, fontsize=8)
+        axes[1].imshow(rgb)
+        # the map drawn over the image's own extent, so the column is exactly the image's size
+        shown = axes[1].imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax,
+                               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        axes[1].set_title("anomaly map", fontsize=8)
+        axes[2].imshow(mask > 0, cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title("ground truth", fontsize=8)
+        for ax in axes:
             ax.axis("off")
-    fig.colorbar(shown, ax=axes[:, 1].tolist(), shrink=0.6)
-    fig.savefig(path, dpi=90)
+    fig.colorbar(shown, cax=fig.add_subplot(grid[:, 3]), label="anomaly score")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from logicad.data import AnomalyDataset, Sample
+from logicad.data.images import read_image_rgb
 from logicad.data.layouts import images_below
 
 from ..train.checkpoints import method_from_payload
@@ -49,10 +50,18 @@ def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float |
         for index, amap, score in results:
             verdict = "n/a" if threshold is None else ("anomalous" if score > threshold else "good")
             writer.writerow([str(paths[index]), f"{score:.6f}", verdict])
-            rgb = dataset.images[index]
-            name = f"{index:05d}_{paths[index].stem}.png"
-            cv2.imwrite(str(out / "overlays" / name), overlay(rgb, amap, low, high)[..., ::-1])
+            target = out / "overlays" / overlay_name(paths[index], images)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # the image at its own size and aspect, the map resized onto it
+            rgb = read_image_rgb(paths[index])
+            cv2.imwrite(str(target), overlay(rgb, amap, low, high)[..., ::-1])
     return out / "scores.csv"
+
+
+def overlay_name(path: Path, images: Path) -> Path:
+    """`overlays/<path relative to the images folder>.png`: the folder tree is mirrored."""
+    relative = path.relative_to(images) if images.is_dir() else Path(path.name)
+    return relative.with_name(relative.name + ".png") if relative.suffix.lower() != ".png" else relative
 
 
 def _score(method, dataset: AnomalyDataset, device: torch.device, batch_size: int):
