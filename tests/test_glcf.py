@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
@@ -269,9 +270,9 @@ def ray_runs(small_loco, category, tmp_path_factory):
 def test_statistics_of_two_workers_equal_one_workers(ray_runs):
     from logicad.pipelines.train.checkpoints import read_model_file
 
-    tmp, _, two = ray_runs
-    one_state = read_model_file(tmp / "one" / "model")["state_dict"]
-    two_state = read_model_file(tmp / "two" / "model")["state_dict"]
+    _, one, two = ray_runs
+    one_state = read_model_file(Path(one["run_dir"]) / "model")["state_dict"]
+    two_state = read_model_file(Path(two["run_dir"]) / "model")["state_dict"]
     assert bool(one_state["finalized"]) and bool(two_state["finalized"])
     assert not torch.equal(one_state["stats"][..., 1], torch.ones_like(one_state["stats"][..., 1]))
     torch.testing.assert_close(two_state["stats"], one_state["stats"], rtol=1e-4, atol=1e-6)
@@ -285,7 +286,7 @@ def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(ray_ru
 
     tmp, one, _ = ray_runs
     samples = scan("mvtec_loco", small_loco, category, "test")[:4]
-    method = load_method_any(str(tmp / "one" / "model"))
+    method = load_method_any(str(Path(one["run_dir"]) / "model"))
     expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, method.config.image_size),
                                               torch.device("cpu"))]
     paths = [str(s.path) for s in samples]
