@@ -117,10 +117,12 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
     logger = _step_logger(spec) if rank == 0 else None
+    # every stage's training-set view is built now, so a bad view option fails before any step
+    views = [training_view(train_set, stage.data, config.seed + rank) for stage in stages]
     rates = []
     for index in range(state["stage"], len(stages)):
         start = state["step"] if index == state["stage"] else 0
-        rates.append(_run_stage(spec, session, method, ddp, stages, index, start, train_set, stats_set, val_set,
+        rates.append(_run_stage(spec, session, method, ddp, stages, index, start, views[index], stats_set, val_set,
                                 device, logger, fault))
     method.finalize(_stats_loader(stats_set, config, device), collective)
     objective = _objective(spec, method, val_set, device)
@@ -167,7 +169,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[Stage], index: int, start: int,
-               train_set, stats_set, val_set, device, logger, fault: int = 0) -> float:
+               view, stats_set, val_set, device, logger, fault: int = 0) -> float:
     """Train one stage from `start`; returns its steps per second.
 
     Losses stay on the device: they are read (one host sync) only every `log_every`
@@ -177,7 +179,6 @@ def _run_stage(spec, session: TrainSession, method: Method, ddp, stages: list[St
     stage, config = stages[index], method.config
     rank, world_size = world()
     batch_size = stage.batch_size or config.batch_size
-    view = training_view(train_set, stage.data, config.seed + rank)
     steps_per_epoch = max(1, len(view) // (world_size * batch_size))
     batches = _batches(session, view, config, batch_size, device, epoch=start // steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16" and device.type == "cuda")
