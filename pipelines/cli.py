@@ -131,9 +131,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                    gpus_per_worker=0.0 if args.cpu else args.gpus_per_worker, output_dir=args.output,
                    storage_path=storage, run_name=args.run_name, resume=args.resume,
                    checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                   tracking_uri=args.tracking_uri, storage_filesystem=filesystem, **remote_data(args))
+                   tracking_uri=args.tracking_uri, storage_filesystem=filesystem,
+                   keep_checkpoints=args.keep_checkpoints, **remote_data(args))
     record = run_train(job)
     print_headline(record)
+    from .train.driver import disk_summary
+
+    print("results: " + disk_summary({"run": record["run_dir"], "Ray checkpoints": record["ray_run_dir"]},
+                                     filesystem) + f"; latest: {Path(args.output) / 'latest'}")
     return 0
 
 
@@ -174,6 +179,7 @@ def add_train(sub) -> None:
     p.add_argument("--run-name", default=None)
     p.add_argument("--resume", action="store_true", help="continue the latest run of this method/category")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: at the end only)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per run (the newest)")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures survived via checkpoint resume")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
@@ -251,15 +257,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for key in pinned:
         print(f"note: {key} is set on the command line, so the sweep does not search it", flush=True)
     job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
-                   storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000, **remote_data(args))
+                   storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000,
+                   keep_checkpoints=args.keep_checkpoints, **remote_data(args))
     if args.workers_per_trial != 1:
         print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
-    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial), args.name)
+    record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial,
+                              prune=not args.keep_trial_checkpoints), args.name)
     name = record["sweep"]
     print(f"best trial of {name} ({SELECTION}): {space.metric} {record['best_objective']:.4f} "
           f"({space.objective} objective), params {record['best_params']}")
     print_headline(record)
     print(f"best config written to {Path(record['sweep_dir']) / 'best_config.yaml'} (logicad train --config FILE)")
+    from .train.driver import disk_summary
+
+    print("results: " + disk_summary({"sweep": record["sweep_dir"], "Ray trials": record["ray_run_dir"]},
+                                     filesystem) + f"; latest: {Path(args.output) / 'latest'}")
     return 0
 
 
@@ -299,6 +311,9 @@ def add_tune(sub) -> None:
     p.add_argument("--storage", default="ray_results", help="local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial while it runs")
+    p.add_argument("--keep-trial-checkpoints", action="store_true",
+                   help="keep every trial's checkpoints after the sweep (default: only the best trial's final one)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs each trial asks Ray for (overrides the space's budget.gpu_per_trial; "
                         "default: auto, 1 when the cluster has or can autoscale GPU nodes)")

@@ -52,11 +52,16 @@ def test_distill_teacher_on_a_missing_folder_fails_in_one_line(capsys, tmp_path)
     assert str(tmp_path / "none") in _one_error_line(capsys)
 
 
-def test_evaluate_rescores_a_saved_model(capsys, small_loco, category, tmp_path):
+def _fitted_dfsc(small_loco, category):
+    """An untrained DFSC at 64 px with its statistics: scoring-ready."""
     method = build_method("dfsc", image_size=64)
-    val = load_split("mvtec_loco", small_loco, category, "validation", 64)
     method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
-    method.finalize(DataLoader(val, batch_size=4))
+    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    return method
+
+
+def test_evaluate_rescores_a_saved_model(capsys, small_loco, category, tmp_path):
+    method = _fitted_dfsc(small_loco, category)
     save_model(tmp_path / "model" / "model.pt", method)
     code = main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(small_loco), "--category", category,
                  "--output", str(tmp_path / "eval"), "--cpu"])
@@ -89,9 +94,7 @@ def _registered(small_loco, category, tmp_path) -> tuple[str, str]:
     from logicad.pipelines.registry import tracking
     from logicad.pipelines.registry.pyfunc import log_and_register
 
-    method = build_method("dfsc", image_size=64)
-    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
-    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    method = _fitted_dfsc(small_loco, category)
     model = save_model(tmp_path / "saved" / "model.pt", method)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     tracking.preflight(uri)
@@ -149,9 +152,7 @@ def test_predict_overlays_keep_each_images_size_and_are_named_by_its_relative_pa
     import numpy as np
     from PIL import Image
 
-    method = build_method("dfsc", image_size=64)
-    method.prepare(DataLoader(load_split("mvtec_loco", small_loco, category, "train", 64), batch_size=4))
-    method.finalize(DataLoader(load_split("mvtec_loco", small_loco, category, "validation", 64), batch_size=4))
+    method = _fitted_dfsc(small_loco, category)
     model = save_model(tmp_path / "model" / "model.pt", method, {"threshold": 0.5})
     source = sorted((small_loco / category / "test" / "good").glob("*.png"))[0]
     wide = np.asarray(Image.open(source).convert("RGB").resize((160, 96)))

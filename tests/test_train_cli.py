@@ -62,8 +62,13 @@ def test_s3_data_is_synced_by_every_worker_into_its_own_node_cache(ray_runtime, 
 
 def test_each_run_gets_its_own_directory_and_latest_points_at_the_newest(ray_runtime, small_loco, category,
                                                                         tmp_path, capsys):
+    assert main(_train(tmp_path, str(small_loco), category, "--checkpoint-every", "1", "--keep-checkpoints",
+                       "1")) == 0
     assert main(_train(tmp_path, str(small_loco), category)) == 0
-    assert main(_train(tmp_path, str(small_loco), category)) == 0
+    out = capsys.readouterr().out
+    assert "plan: dfsc for 2 steps at 64 px, batch 2 x 1 worker(s), precision 32, on CPU" in out
+    assert "results: run " in out and (" KB)" in out or " MB)" in out)
+    assert all(len([c for c in run.glob("checkpoint_*") if c.is_dir()]) == 1 for run in (tmp_path / "ray").iterdir())
     group = tmp_path / "outputs" / "dfsc" / category
     runs = sorted(p for p in group.iterdir())
     assert len(runs) == 2 and all((r / "model" / "model.pt").is_file() and (r / "metrics.json").is_file()

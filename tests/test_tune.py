@@ -99,6 +99,8 @@ def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, cate
         "selection"]
     config = resolve_config("dfsc", config_file=tmp_path / "out" / "latest" / "best_config.yaml")
     assert config.margin == best["config"]["margin"] and config.image_size == 64
+    assert len([c for c in (tmp_path / "ray" / "sweep").glob("*/checkpoint_*") if c.is_dir()]) == 1  # only the best trial's final one
+    assert "results: sweep " in out
 
 
 def test_zero_samples_is_rejected_in_one_line(capsys, tmp_path):
@@ -144,8 +146,8 @@ def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, t
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-sweep
     first.wait()
     log.close()
-    result = subprocess.run(_tune(tmp_path, small_loco, category, *s3, "--resume"), capture_output=True, text=True,
-                            env=env, timeout=400)
+    result = subprocess.run(_tune(tmp_path, small_loco, category, *s3, "--resume", "--keep-trial-checkpoints"),
+                            capture_output=True, text=True, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     parents, children = _child_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4  # the same parent run; no trial tracked twice

@@ -88,14 +88,44 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], 
     return run.info.run_id
 
 
+#: run tags the driver sets so the first step log can project the run's time (see StepLogger)
+PLAN_TAGS = ("logicad.total_steps", "logicad.device", "logicad.cpu_preset")
+HOUR = 3600.0
+
+
+def projection_line(step: int, total: int, steps_per_second: float, device: str, cpu_preset: str) -> str:
+    """`[plan] projected ...`; on a CPU, a projection over an hour says so and names what fits."""
+    from ..train.progress import format_seconds
+
+    seconds = (total - step) / steps_per_second if steps_per_second > 0 else float("inf")
+    text = "?" if seconds == float("inf") else format_seconds(seconds)
+    line = f"[plan] projected training time {text} for {total - step} more steps at {steps_per_second:.2f} steps/s"
+    if device == "cpu" and seconds > HOUR:
+        fits = f"--preset {cpu_preset}" if cpu_preset else f"--max-steps {max(1, int(steps_per_second * HOUR))}"
+        line += f"; that is over an hour on CPU: {fits} fits in about an hour (or ask for GPUs)"
+    return line
+
+
 class StepLogger:
-    """Logs a training step's losses and throughput into a run (called by rank 0)."""
+    """Logs a training step's losses and throughput into a run (called by rank 0); the first
+    call prints the projected training time from the run's plan tags."""
 
     def __init__(self, uri: str, run_id: str) -> None:
         self.client, self.run_id = _client(uri), run_id
+        self.projected = False
+
+    def _project(self, step: int, steps_per_second: float) -> None:
+        self.projected = True
+        tags = self.client.get_run(self.run_id).data.tags
+        if tags.get(PLAN_TAGS[0]) and step > 0:
+            print(projection_line(step, int(tags[PLAN_TAGS[0]]), steps_per_second, tags.get(PLAN_TAGS[1], ""),
+                                  tags.get(PLAN_TAGS[2], "")), flush=True)
 
     def __call__(self, step: int, values: dict[str, float], steps_per_second: float) -> None:
         from mlflow.entities import Metric
+
+        if not self.projected:
+            self._project(step, steps_per_second)
 
         now = int(time.time() * 1000)
         metrics = [Metric(f"train/{k}", float(v), now, step) for k, v in values.items()]

@@ -16,7 +16,7 @@ from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .run_dirs import existing_names, latest_with_prefix, point_latest, refuse_reuse, timestamped
+from .run_dirs import disk_usage, existing_names, human_bytes, latest_with_prefix, point_latest, refuse_reuse, timestamped
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .nonfinite import guarded_train_loop, raise_if_nonfinite
@@ -56,6 +56,7 @@ class TrainJob:
     data_uri: str | None = None
     s3_endpoint_url: str | None = None
     cache_dir: str | None = None
+    keep_checkpoints: int = 2  # per run (per trial in a sweep)
 
 
 def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
@@ -141,6 +142,16 @@ def _run_name(job: TrainJob) -> str:
     return timestamped(prefix, taken)
 
 
+def disk_summary(paths: dict[str, str], filesystem=None) -> str:
+    """`what: path (size)` for each local path; paths on an S3 filesystem are named without a size."""
+    parts = []
+    for what, path in paths.items():
+        local = Path(path)
+        size = f" ({human_bytes(disk_usage(local))})" if filesystem is None and local.exists() else ""
+        parts.append(f"{what} {path}{size}")
+    return "; ".join(parts)
+
+
 def storage_run_names(job: TrainJob) -> list[str]:
     """Names of the runs under the storage path (local or on the pyarrow filesystem)."""
     if job.storage_filesystem is None:
@@ -157,6 +168,22 @@ def resolve_gpus(job: TrainJob) -> GpuDecision:
     decision = decide_gpus(job.gpus_per_worker, job.workers, cluster_gpu_view())
     print(decision.line, flush=True)
     return decision
+
+
+def plan_line(job: TrainJob, gpus: GpuDecision) -> str:
+    """What is about to run, before it runs."""
+    c = job.config
+    device = f"{gpus.per_unit:g} GPU per worker" if gpus.use_gpu else "CPU"
+    return (f"plan: {job.method} for {c.max_steps} steps at {c.image_size} px, batch {c.batch_size} x "
+            f"{job.workers} worker(s), precision {c.precision}, on {device}" +
+            (f" (preset {job.preset})" if job.preset else " (no preset: the paper's settings)"))
+
+
+def plan_tags(job: TrainJob, gpus: GpuDecision) -> dict[str, str]:
+    """Run tags the first step log reads to project the run's time (tracking.StepLogger)."""
+    presets = getattr(job.config, "PRESETS", {}) or {}
+    cpu_preset = "cpu" if "cpu" in presets and job.preset != "cpu" else ""
+    return dict(zip(tracking.PLAN_TAGS, (str(job.config.max_steps), "gpu" if gpus.use_gpu else "cpu", cpu_preset)))
 
 
 def _scaling(job: TrainJob, gpus: GpuDecision):
@@ -184,7 +211,7 @@ def fit(job: TrainJob, spec: WorkerSpec, run_name: str, gpus: GpuDecision):
             storage_path=storage,
             storage_filesystem=job.storage_filesystem,
             failure_config=FailureConfig(max_failures=job.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(1, job.keep_checkpoints)),
         ),
     )
     return trainer.fit()
@@ -201,7 +228,10 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     gpus = resolve_gpus(job)
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
               "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
-    run_id = tracking.start_run(uri, job.experiment, run_name, params, {"preset": job.preset or "none", **job.tags})
+    plan = plan_tags(job, gpus)
+    print(plan_line(job, gpus), flush=True)
+    run_id = tracking.start_run(uri, job.experiment, run_name, params,
+                                {"preset": job.preset or "none", **plan, **job.tags})
     spec = worker_spec(job, checkpoint_every=job.checkpoint_every, tracking_uri=uri, run_id=run_id,
                        evaluate=job.dataset != "folder", fault_at_step=job.fault_at_step)
     start = time.perf_counter()
@@ -223,6 +253,7 @@ def _finish(job: TrainJob, uri: str, run_id: str, run_name: str, result, train_s
     result.checkpoint.to_directory(str(model_dir))
     metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
     record = {"method": job.method, "dataset": job.dataset, "category": job.category,
+              "ray_run_dir": f"{job.storage_path.rstrip('/')}/{run_name}",
               **{k: metrics.get(k) for k in RESULT_KEYS}, **metrics, "train_seconds": round(train_seconds, 2),
               "preset": job.preset, "mlflow_run_id": run_id, "run_name": run_name, "run_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)

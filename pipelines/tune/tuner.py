@@ -44,6 +44,7 @@ class TuneJob:
     storage_filesystem: Any = None  # pyarrow filesystem for s3:// storage
     resume: bool = False
     gpus_per_trial: float | None = None  # --gpus-per-trial; None: the space's budget, else auto
+    prune: bool = True  # after the sweep keep only the best trial's final checkpoint
 
 
 def resolve_trial_gpus(tj: TuneJob) -> GpuDecision:
@@ -94,8 +95,9 @@ def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus:
 
     space, job = tj.space, tj.job
     storage = job.storage_path if tj.storage_filesystem else str(Path(job.storage_path).absolute())
+    keep = tune.CheckpointConfig(num_to_keep=max(1, job.keep_checkpoints))
     run_config = RunConfig(name=name, storage_path=storage, storage_filesystem=tj.storage_filesystem,
-                           callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+                           callbacks=callbacks, checkpoint_config=keep)
     if tj.resume:
         path = f"{storage.rstrip('/')}/{name}"
         return tune.Tuner.restore(path, trainable=_trainable(space, gpus), resume_unfinished=True, resume_errored=True,
@@ -140,7 +142,31 @@ def run_tune(tj: TuneJob, name: str | None = None) -> dict[str, Any]:
     tracking.end_orphan_children(uri, parent)
     report_errors(results)
     best = best_result(results, space)
-    return _finish(tj, uri, parent, best, name)
+    record = _finish(tj, uri, parent, best, name)
+    if tj.prune:
+        removed = prune_checkpoints(results, best, tj.storage_filesystem)
+        print(f"kept only the best trial's final checkpoint ({removed} others removed; "
+              "--keep-trial-checkpoints keeps them)", flush=True)
+    storage = job.storage_path if tj.storage_filesystem else str(Path(job.storage_path).absolute())
+    record["ray_run_dir"] = f"{storage.rstrip('/')}/{name}"
+    return record
+
+
+def prune_checkpoints(results, best, filesystem=None) -> int:
+    """Delete every checkpoint of the sweep but the best trial's final one; how many went."""
+    from pyarrow import fs
+
+    filesystem = filesystem or fs.LocalFileSystem()
+    keep = best.checkpoint.path.rstrip("/") if best.checkpoint else None
+    removed = 0
+    for result in results:
+        infos = filesystem.get_file_info(fs.FileSelector(result.path, allow_not_found=True))
+        for info in infos:
+            if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_") and \
+                    info.path.rstrip("/") != keep:
+                filesystem.delete_dir(info.path)
+                removed += 1
+    return removed
 
 
 def report_errors(results) -> None:
