@@ -58,7 +58,7 @@ def main() -> None:
                            output_dir=f"{tmp}/{category}", storage_path=f"{tmp}/ray",
                            tracking_uri=f"sqlite:///{tmp}/mlflow.db", register=False, log_every=50)
             record = run_train(job)
-            record["images_per_second_b16"] = images_per_second_b16(Path(f"{tmp}/{category}/model"), data, category)
+            record["images_per_second_b16"] = images_per_second_b16(Path(record["run_dir"]) / "model", data, category)
             rows[category] = {k: record.get(k) for k in COLUMNS}
     result = {"method": args.method, "preset": args.preset, "config": config.to_dict(), "categories": rows,
               "mean": {k: sum(r[k] for r in rows.values()) / len(rows) for k in COLUMNS[:5]},
