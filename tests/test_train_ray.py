@@ -74,7 +74,8 @@ def test_results_contract_is_written_with_metrics_and_artifacts(runs):
                 "pixel_auroc", "spro_0.05", "aupro_0.3", "n_test", "train_seconds", "infer_ms_per_image"):
         assert key in record
     assert 0.0 <= record["image_auroc"] <= 1.0 and record["n_test"] == 9
-    assert {"heatmaps.png", "roc_curves.png", "model.pt"} <= {p.name for p in (Path(one["run_dir"]) / "model").iterdir()}
+    model_dir = Path(one["run_dir"]) / "model"
+    assert {"heatmaps.png", "roc_curves.png", "model.pt"} <= {p.name for p in model_dir.iterdir()}
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(runs):

@@ -99,7 +99,8 @@ def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, cate
         "selection"]
     config = resolve_config("dfsc", config_file=tmp_path / "out" / "latest" / "best_config.yaml")
     assert config.margin == best["config"]["margin"] and config.image_size == 64
-    assert len([c for c in (tmp_path / "ray" / "sweep").glob("*/checkpoint_*") if c.is_dir()]) == 1  # only the best trial's final one
+    kept = [c for c in (tmp_path / "ray" / "sweep").glob("*/checkpoint_*") if c.is_dir()]
+    assert len(kept) == 1  # only the best trial's final checkpoint
     assert "results: sweep " in out
 
 

@@ -16,7 +16,8 @@ from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .run_dirs import disk_usage, existing_names, human_bytes, latest_with_prefix, point_latest, refuse_reuse, timestamped
+from .run_dirs import (disk_usage, existing_names, human_bytes, latest_with_prefix, point_latest, refuse_reuse,
+                       timestamped)
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .nonfinite import guarded_train_loop, raise_if_nonfinite
