@@ -13,7 +13,7 @@ arithmetic for any input size (128 -> 24, 192 -> 40, 64 -> 8).
 
 The convolutions are named conv1..conv4 and the module also accepts the two layouts in
 which ready PDN-S teachers circulate (see `remap_pdn_state_dict`), so a teacher
-distilled elsewhere loads with `--teacher-weights`.
+distilled elsewhere loads with `--set teacher_weights=PATH`.
 """
 
 from __future__ import annotations

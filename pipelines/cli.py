@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     out = Path(args.output)
-    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device)
+    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device, compile=args.compile)
     record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics,
               "model": args.model, "mlflow_run_id": origin.get("run_id")}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -230,7 +230,14 @@ def add_evaluate(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.add_argument("--cpu", action="store_true")
+    _compile_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compiled scoring (torch.compile, static batch buckets, checked against eager); "
+                        "default: on with CUDA, off on a CPU")
 
 
 # --- tune -------------------------------------------------------------------------------
@@ -361,7 +368,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         images = sync_dataset(args.images, cache_dir() / "s3", S3Settings.from_env(args.s3_endpoint_url))
     payload = load_payload_any(args.model)
-    scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size)
+    scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size, compile=args.compile)
     print(f"scores written to {scores}; heatmap overlays in {Path(args.out) / 'overlays'}")
     return 0
 
@@ -375,6 +382,7 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--tracking-uri", default=None)
+    _compile_arg(p)
     p.set_defaults(func=cmd_predict)
 
 

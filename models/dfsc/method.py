@@ -184,7 +184,7 @@ class DFSC(Method):
         self.register_buffer("q_ae", torch.tensor([0.0, 1.0]))
         self.register_buffer("finalized", torch.tensor(False))
         self.cache = TeacherCache(c.teacher_cache_mb * 2**20)
-        self._teacher_info = "random init (no --teacher-weights given)"
+        self._teacher_info = "random init (no teacher weights: --set teacher_weights=PATH)"
         self._teacher_error: str | None = None
         self._penalty: PenaltyImages | None = None
         self._augment_generator = torch.Generator().manual_seed(c.seed)

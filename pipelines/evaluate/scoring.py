@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from logicad.data import AnomalyDataset, load_defects, load_split, sample_regions
 from logicad.models.base import Method
 
+from .compiled import make_scorer
 from .metrics import LocoEvaluator, roc_curve
 from .plots import heatmap_grid, roc_plot
 
@@ -22,15 +23,17 @@ HEATMAP_FILE = "heatmaps.png"
 ROC_FILE = "roc_curves.png"
 
 
-def score_batches(method: Method, dataset: AnomalyDataset, device: torch.device, batch_size: int = 16):
-    """Yield (dataset index, map at input size as numpy, image score) for every item."""
+def score_batches(method: Method, dataset: AnomalyDataset, device: torch.device, batch_size: int = 16,
+                  compile: bool | None = None):
+    """Yield (dataset index, map at input size as numpy, image score) for every item.
+
+    `compile`: the compiled scoring path (static batch buckets, checked against eager on
+    first use; see `compiled.py`); None = on for CUDA, off elsewhere."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     method.eval()
+    scorer = make_scorer(method, device, compile)
     for batch in loader:
-        images = batch["image"].to(device)
-        with torch.inference_mode():
-            maps = method.anomaly_map(images)
-            scores = method.image_score(maps)
+        maps, scores = scorer(batch["image"].to(device))
         for i, index in enumerate(batch["index"].tolist()):
             yield index, maps[i, 0].float().cpu().numpy(), float(scores[i])
 
@@ -43,16 +46,19 @@ def to_original_size(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def infer_ms_per_image(method: Method, dataset: AnomalyDataset, device: torch.device, repeats: int = 10) -> float:
-    """Mean latency at batch 1 (map + score), after two warm-up images."""
+def infer_ms_per_image(method: Method, dataset: AnomalyDataset, device: torch.device, repeats: int = 10,
+                       compile: bool | None = None) -> float:
+    """Mean latency at batch 1 (map + score) of the scoring path in use, after its warm-up."""
     image = dataset[0]["image"][None].to(device)
+    scorer = make_scorer(method, device, compile)
+    scorer.warmup((1,))
     with torch.inference_mode():
         for _ in range(2):
-            method.image_score(method.anomaly_map(image))
+            scorer(image)
         _sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            method.image_score(method.anomaly_map(image))
+            scorer(image)
         _sync(device)
     return 1000.0 * (time.perf_counter() - start) / repeats
 
@@ -63,11 +69,11 @@ def _sync(device: torch.device) -> None:
 
 
 def validation_threshold(method: Method, dataset: str, root: str | Path, category: str | None,
-                         device: torch.device, batch_size: int = 16) -> float:
+                         device: torch.device, batch_size: int = 16, compile: bool | None = None) -> float:
     """The verdict threshold recorded with a model: the largest image score of the normal
     validation images, so none of them is called anomalous."""
     val_set = load_split(dataset, root, category, "validation", method.config.image_size)
-    return max(score for _, _, score in score_batches(method, val_set, device, batch_size))
+    return max(score for _, _, score in score_batches(method, val_set, device, batch_size, compile))
 
 
 def evaluate_method(
@@ -77,20 +83,21 @@ def evaluate_method(
     category: str | None,
     device: torch.device,
     batch_size: int = 16,
+    compile: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of the results contract (without identity fields) and what plots need."""
     test_set = load_split(dataset, root, category, "test", method.config.image_size)
     defects = load_defects(dataset, root, category)
     evaluator = LocoEvaluator()
     small_maps: dict[int, np.ndarray] = {}
-    for index, amap, score in score_batches(method, test_set, device, batch_size):
+    for index, amap, score in score_batches(method, test_set, device, batch_size, compile):
         sample = test_set.samples[index]
         regions = sample_regions(sample, defects)
         evaluator.add(sample.kind, score, to_original_size(amap, test_set.orig_sizes[index]), regions)
         small_maps[index] = amap
     metrics = evaluator.result()
-    metrics["infer_ms_per_image"] = infer_ms_per_image(method, test_set, device)
-    metrics["threshold"] = validation_threshold(method, dataset, root, category, device, batch_size)
+    metrics["infer_ms_per_image"] = infer_ms_per_image(method, test_set, device, compile=compile)
+    metrics["threshold"] = validation_threshold(method, dataset, root, category, device, batch_size, compile)
     return metrics, {"test_set": test_set, "maps": small_maps, "scores": evaluator.scores, "kinds": evaluator.kinds}
 
 
@@ -127,10 +134,11 @@ def evaluate_to_dir(
     out_dir: Path,
     device: torch.device,
     batch_size: int = 16,
+    compile: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write metrics.json + plots into `out_dir`; returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, details = evaluate_method(method, dataset, root, category, device, batch_size)
+    metrics, details = evaluate_method(method, dataset, root, category, device, batch_size, compile)
     write_plots(out_dir, details, metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

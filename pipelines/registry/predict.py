@@ -32,7 +32,7 @@ def overlay(rgb: np.ndarray, amap: np.ndarray, low: float, high: float) -> np.nd
 
 
 def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float | None = None,
-            batch_size: int = 16, device: torch.device | None = None) -> Path:
+            batch_size: int = 16, device: torch.device | None = None, compile: bool | None = None) -> Path:
     """Score every image below `images`; returns the path of scores.csv."""
     method = method_from_payload(payload)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,7 +41,7 @@ def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float |
     dataset = AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], method.config.image_size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(exist_ok=True)
-    results = list(_score(method.to(device), dataset, device, batch_size))
+    results = list(_score(method.to(device), dataset, device, batch_size, compile))
     low = min(float(m.min()) for _, m, _ in results)
     high = max(float(m.max()) for _, m, _ in results)
     with open(out / "scores.csv", "w", newline="") as handle:
@@ -64,8 +64,8 @@ def overlay_name(path: Path, images: Path) -> Path:
     return relative.with_name(relative.name + ".png") if relative.suffix.lower() != ".png" else relative
 
 
-def _score(method, dataset: AnomalyDataset, device: torch.device, batch_size: int):
+def _score(method, dataset: AnomalyDataset, device: torch.device, batch_size: int, compile: bool | None = None):
     progress = Progress("predict", len(dataset))
-    for done, item in enumerate(score_batches(method, dataset, device, batch_size), start=1):
+    for done, item in enumerate(score_batches(method, dataset, device, batch_size, compile), start=1):
         progress.update(done, {}, every=max(batch_size, 1) * 4)
         yield item

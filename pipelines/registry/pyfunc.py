@@ -41,7 +41,13 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
     batch_size = 16
 
     def load_context(self, context) -> None:
+        from ..evaluate.compiled import make_scorer
+
         self.method = load_model(context.artifacts[MODEL_ARTIFACT])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.method.to(self.device)
+        # compiled on CUDA (warmed up per batch bucket on first use, checked against eager)
+        self.scorer = make_scorer(self.method, self.device)
 
     def predict(self, context, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
         from logicad.data.dataset import resize_image
@@ -53,10 +59,10 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
         scores, maps = [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = torch.stack(images[start:start + self.batch_size])
-                amap = self.method.anomaly_map(batch)
-                scores.append(self.method.image_score(amap).float().numpy())
-                maps.append(amap[:, 0].float().numpy())
+                batch = torch.stack(images[start:start + self.batch_size]).to(self.device)
+                amap, score = self.scorer(batch)
+                scores.append(score.float().cpu().numpy())
+                maps.append(amap[:, 0].float().cpu().numpy())
         return {"score": np.concatenate(scores), "map": np.concatenate(maps)}
 
 

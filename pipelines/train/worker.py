@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from logicad.data import load_split
@@ -242,7 +243,11 @@ class LossTracker:
             return {}
         keys = list(self.latest)
         values = torch.stack([self.latest[k] for k in keys]).tolist()
-        bad_steps = torch.stack([self.first_bad[k] for k in keys]).tolist()
+        bad = torch.stack([self.first_bad[k] for k in keys])
+        if world()[1] > 1:  # every rank stops at the same read, or the others would wait forever
+            bad = bad.clone()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        bad_steps = bad.tolist()
         for key, bad in zip(keys, bad_steps):
             if bad >= 0:
                 raise NonFiniteLossError(f"{where}: non-finite loss at step {bad}: term {key!r} is not finite "
@@ -329,7 +334,7 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
                   device: torch.device, health: dict[str, Any]) -> None:
     """Rank 0 scores the test split and reports the final checkpoint with metrics and plots."""
     if world()[0] != 0:
-        session.report({"final": True}, None)
+        session.report({"final": True, "step": _offset(stages, len(stages))}, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         metrics: dict[str, Any] = {}
@@ -343,7 +348,8 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
         metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
         save_model(Path(tmp) / MODEL_FILE, method, {"training": training, "threshold": metrics.get("threshold")})
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        final = {"final": True, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        final = {"final": True, "step": _offset(stages, len(stages)), **numbers}
         session.report(final, Path(tmp))
 
 
