@@ -158,3 +158,28 @@ def test_compiled_maps_that_differ_from_eager_are_never_returned(caplog) -> None
 
 def test_default_buckets_are_powers_of_two_up_to_256() -> None:
     assert BUCKETS == tuple(2**i for i in range(9))
+
+
+@pytest.mark.parametrize("flags, expected", [([], None), (["--compile"], True), (["--no-compile"], False)])
+def test_evaluate_and_predict_take_the_compile_switch(flags, expected) -> None:
+    from logicad.pipelines.cli import build_parser
+
+    parser = build_parser()
+    evaluate = parser.parse_args(["evaluate", "--model", "m", *flags])
+    predict = parser.parse_args(["predict", "--model", "m", "--images", "d", *flags])
+    assert evaluate.compile is expected and predict.compile is expected
+
+
+def test_score_batches_scores_through_the_switch(small_loco, category) -> None:
+    """The evaluation path gives the same scores eager and through a (cheaply) compiled scorer."""
+    from logicad.data import load_split
+    from logicad.pipelines.evaluate.scoring import score_batches
+
+    method = build_method("dfsc", image_size=64).eval()
+    test = load_split("mvtec_loco", small_loco, category, "test", 64)
+    eager = list(score_batches(method, test, torch.device("cpu"), batch_size=4, compile=False))
+    assert [i for i, _, _ in eager] == list(range(len(test)))
+    compiled_scorer = make_scorer(method, "cpu", compile=True, backend="eager")
+    images = torch.stack([test[i]["image"] for i in range(3)])
+    maps, scores = compiled_scorer(images)
+    assert torch.allclose(scores, torch.tensor([s for _, _, s in eager[:3]]), atol=1e-3)
