@@ -4,18 +4,17 @@ registered model reloaded in a fresh process."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
+from pathlib import Path
 import torch
 from logicad.models.base import ConfigError, build_method, method_class
 from logicad.models.feature_cache import FeatureCache
 from logicad.models.fod import loss as L
 from logicad.models.fod.network import CorrelationBranch, squared_offsets, sigma_bound, target_correlation
+
+from registry_check import assert_registered_model_scores_alike
 
 SMALL = {"backbone": "resnet18", "image_size": 64, "d_model": (32, 64), "heads": 2, "layers": 2,
          "batch_size": 2, "max_steps": 4}
@@ -245,24 +244,6 @@ def test_reference_statistics_of_two_workers_equal_one_workers(ray_runs):
 
 
 def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(ray_runs, small_loco, category):
-    from logicad.data import AnomalyDataset, scan
-    from logicad.pipelines.evaluate.scoring import score_batches
-    from logicad.pipelines.registry.pyfunc import load_method_any
-
     tmp, one, _ = ray_runs
-    samples = scan("mvtec_loco", small_loco, category, "test")[:4]
-    method = load_method_any(str(tmp / "one" / "model"))
-    expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, method.config.image_size),
-                                              torch.device("cpu"))]
-    paths = [str(s.path) for s in samples]
-    code = (
-        "import json, mlflow.pyfunc, pandas as pd\n"
-        f"model = mlflow.pyfunc.load_model({one['model_uri']!r})\n"
-        f"out = model.predict(pd.DataFrame({{'path': {paths!r}}}))\n"
-        "print(json.dumps({'scores': out['score'].tolist()}))\n"
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])["scores"]
-    assert scores == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert_registered_model_scores_alike(one["model_uri"], Path(one["run_dir"]) / "model", tmp / "mlflow.db",
+                                         small_loco, category)

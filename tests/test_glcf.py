@@ -4,10 +4,6 @@ score-only fusion and the std image score; statistics under 2 Ray Train workers 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
@@ -16,6 +12,8 @@ import torch
 from logicad.models.base import Collective, ConfigError, build_method, method_class
 from logicad.models.glcf import loss as L
 from logicad.models.glcf import lr_factor, scoring
+
+from registry_check import assert_registered_model_scores_alike
 
 #: a small trainable part around any teacher
 SMALL = {"sb_dim": 32, "sb_heads": 2, "sb_depth": 1, "decoder_dim": 32, "decoder_heads": 2, "decoder_depth": 1,
@@ -280,24 +278,6 @@ def test_statistics_of_two_workers_equal_one_workers(ray_runs):
 
 
 def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(ray_runs, small_loco, category):
-    from logicad.data import AnomalyDataset, scan
-    from logicad.pipelines.evaluate.scoring import score_batches
-    from logicad.pipelines.registry.pyfunc import load_method_any
-
     tmp, one, _ = ray_runs
-    samples = scan("mvtec_loco", small_loco, category, "test")[:4]
-    method = load_method_any(str(Path(one["run_dir"]) / "model"))
-    expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, method.config.image_size),
-                                              torch.device("cpu"))]
-    paths = [str(s.path) for s in samples]
-    code = (
-        "import json, mlflow.pyfunc, pandas as pd\n"
-        f"model = mlflow.pyfunc.load_model({one['model_uri']!r})\n"
-        f"out = model.predict(pd.DataFrame({{'path': {paths!r}}}))\n"
-        "print(json.dumps({'scores': out['score'].tolist()}))\n"
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])["scores"]
-    assert scores == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert_registered_model_scores_alike(one["model_uri"], Path(one["run_dir"]) / "model", tmp / "mlflow.db",
+                                         small_loco, category)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
@@ -19,6 +16,8 @@ from logicad.models.base import ConfigError, build_method
 from logicad.models.slsg import SIMULATION_KEYS, SLSG, SLSGConfig, cosine_factor
 from logicad.models.slsg.masking import grid_masks, inpainting_masks
 from logicad.models.slsg.sg_block import sincos_position_encoding, sparse_neighbours
+
+from registry_check import assert_registered_model_scores_alike
 
 TINY = dict(image_size=64, batch_size=2, gpt_batch_size=2, gpt_steps=2, seg_steps=2, max_steps=4, precision="32")
 
@@ -325,28 +324,9 @@ def test_two_workers_keep_identical_replicas_discriminator_included(killed_in_st
 
 
 def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(killed_in_stage_two, small_loco, category):
-    from logicad.data import AnomalyDataset, scan
-    from logicad.pipelines.evaluate.scoring import score_batches
-    from logicad.pipelines.registry.pyfunc import load_method_any
-
-    tmp, record = killed_in_stage_two
-    samples = scan("mvtec_loco", small_loco, category, "test")[:4]
-    method = load_method_any(str(_model_dir(tmp / "two")))
-    expected = [s for _, _, s in score_batches(method, AnomalyDataset(samples, 64), torch.device("cpu"))]
-    code = (
-        "import json, mlflow.pyfunc, pandas as pd\n"
-        f"model = mlflow.pyfunc.load_model({record['model_uri']!r})\n"
-        f"out = model.predict(pd.DataFrame({{'path': {[str(s.path) for s in samples]!r}}}))\n"
-        "print(json.dumps({'scores': out['score'].tolist(), 'map_shape': list(out['map'].shape)}))\n"
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["map_shape"] == [4, 64, 64]
-    assert out["scores"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
-
-
+    tmp, one = killed_in_stage_two
+    assert_registered_model_scores_alike(one["model_uri"], Path(one["run_dir"]) / "model", tmp / "mlflow.db",
+                                         small_loco, category)
 
 
 def test_shipped_search_spaces_load_with_slsg_keys():

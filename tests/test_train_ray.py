@@ -4,9 +4,6 @@ killed worker, resuming an interrupted run, and the registered MLflow model scor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,8 @@ import torch
 from logicad.pipelines.train.checkpoints import read_model_file
 from logicad.pipelines.config import resolve_config
 from logicad.pipelines.train.driver import TrainJob, run_train
+
+from registry_check import assert_registered_model_scores_alike
 
 TINY = ["image_size=64", "batch_size=2", "max_steps=6", "precision=32"]
 
@@ -93,27 +92,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(runs):
 
 def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(runs, small_loco, category):
     tmp, one, _ = runs
-    from logicad.data import scan
-    from logicad.pipelines.registry.pyfunc import load_method_any
-    from logicad.pipelines.evaluate.scoring import score_batches
-    from logicad.data import AnomalyDataset
-
-    paths = [str(s.path) for s in scan("mvtec_loco", small_loco, category, "test")[:4]]
-    method = load_method_any(str(Path(one["run_dir"]) / "model"))
-    expected = [score for _, _, score in score_batches(method, AnomalyDataset(
-        scan("mvtec_loco", small_loco, category, "test")[:4], method.config.image_size), torch.device("cpu"))]
-    code = (
-        "import json, sys, mlflow.pyfunc, pandas as pd\n"
-        f"model = mlflow.pyfunc.load_model({one['model_uri']!r})\n"
-        f"out = model.predict(pd.DataFrame({{'path': {paths!r}}}))\n"
-        "print(json.dumps({'scores': out['score'].tolist(), 'map_shape': list(out['map'].shape)}))\n"
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["map_shape"] == [4, 64, 64]
-    assert out["scores"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert_registered_model_scores_alike(one["model_uri"], Path(one["run_dir"]) / "model", tmp / "mlflow.db",
+                                         small_loco, category)
 
 
 def test_resume_continues_an_interrupted_run_from_its_saved_step(ray_runtime, small_loco, category, tmp_path):

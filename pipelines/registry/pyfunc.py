@@ -38,6 +38,10 @@ def _images_from(model_input: Any) -> list[np.ndarray]:
 class LogicadModel(mlflow.pyfunc.PythonModel):
     """Owns loading (`model.pt`) and batched scoring."""
 
+    #: inputs are images (paths, arrays or a DataFrame of paths), which MLflow's type-hint
+    #: validation cannot describe; without this it warns on every import of this module
+    _skip_type_hint_validation = True
+
     batch_size = 16
 
     def load_context(self, context) -> None:
@@ -107,6 +111,15 @@ def load_method_any(model: str):
     return method_from_payload(load_payload_any(model))
 
 
+def check_store_exists(model: str, tracking_uri: str) -> None:
+    """A models:/ or runs:/ URI against an embedded sqlite store that does not exist fails in
+    one line (instead of MLflow creating an empty store and then not finding the model)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise ModelFileError(f"{model}: the MLflow store {tracking_uri} does not exist, so nothing was "
+                             "registered there; expected the store `logicad train` used (set --tracking-uri "
+                             "or MLFLOW_TRACKING_URI)")
+
+
 def model_origin(model: str, tracking_uri: str) -> dict[str, Any]:
     """Where a model came from: {run_id, source} for a registered model (models:/NAME/V or
     models:/NAME@ALIAS), a run's model (runs:/ID/...) or a model folder that `logicad train`
@@ -114,12 +127,10 @@ def model_origin(model: str, tracking_uri: str) -> dict[str, Any]:
     import json
 
     if model.startswith("runs:/"):
+        check_store_exists(model, tracking_uri)
         return {"run_id": model.removeprefix("runs:/").split("/")[0], "source": model}
     if model.startswith("models:/"):
-        if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-            raise ModelFileError(f"{model}: the MLflow store {tracking_uri} does not exist, so nothing was "
-                                 "registered there; expected the store `logicad train` used (set --tracking-uri "
-                                 "or MLFLOW_TRACKING_URI)")
+        check_store_exists(model, tracking_uri)
         client = mlflow.tracking.MlflowClient(tracking_uri)
         name, _, ref = model.removeprefix("models:/").partition("/")
         name, at, alias = name.partition("@")

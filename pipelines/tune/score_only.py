@@ -126,7 +126,7 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
 def cmd_score_only(args: argparse.Namespace) -> int:
     """`logicad tune --from-run RUN --space SPACE`: a score-only sweep of RUN's trained model."""
     from ..cli import resolve_data
-    from ..registry.pyfunc import load_method_any
+    from ..registry.pyfunc import check_store_exists, load_method_any
     from ..train.driver import ensure_ray
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
@@ -134,6 +134,8 @@ def cmd_score_only(args: argparse.Namespace) -> int:
 
     mlflow.set_tracking_uri(uri)
     ref = resolve_model_ref(args.from_run)
+    if ":/" in ref and not Path(ref).exists():
+        check_store_exists(ref, uri)
     method = load_method_any(ref)
     space = load_space(args.space, method.name)
     if getattr(args, "method", None) and args.method != method.name:
