@@ -233,9 +233,9 @@ def ray_runs(small_loco, category, tmp_path_factory):
 def test_reference_statistics_of_two_workers_equal_one_workers(ray_runs):
     from logicad.pipelines.train.checkpoints import read_model_file
 
-    tmp, _, two = ray_runs
-    one_state = read_model_file(tmp / "one" / "model")["state_dict"]
-    two_state = read_model_file(tmp / "two" / "model")["state_dict"]
+    _, one, two = ray_runs
+    one_state = read_model_file(Path(one["run_dir"]) / "model")["state_dict"]
+    two_state = read_model_file(Path(two["run_dir"]) / "model")["state_dict"]
     keys = [k for k in one_state if k.startswith("reference_")]
     assert len(keys) == 2 and float(one_state[keys[0]].abs().sum()) > 0
     for key in keys:

@@ -74,7 +74,16 @@ def test_a_bare_run_id_means_that_runs_logged_model(tmp_path):
     assert resolve_model_ref("models:/logicad-glcf-parts_box/2") == "models:/logicad-glcf-parts_box/2"
 
 
-def test_tune_from_run_searches_fusion_weights_without_retraining(small_loco, category, tmp_path):
+@pytest.fixture()
+def ray_shut_after():
+    """The CLI starts a local Ray in this process: stop it, so later tests start their own."""
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_tune_from_run_searches_fusion_weights_without_retraining(small_loco, category, tmp_path, ray_shut_after):
     from logicad.pipelines.cli import main
 
     method = _glcf(small_loco, category)
