@@ -79,7 +79,7 @@ def test_ray_job_submit_trains_on_a_running_head(ray_head, small_loco, category,
                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in result.stdout
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "latest" / "metrics.json").read_text())  # the run's own folder
     assert record["replica_divergence"] == 0.0 and record["n_test"] == 9
     assert "image_auroc_logical" in result.stdout
 
@@ -100,7 +100,7 @@ def test_ray_submit_script_runs_logicad_train_on_the_head(ray_head, small_loco, 
         env={**env, "RAY_ADDRESS": env["RAY_GCS_ADDRESS_FOR_TESTS"]})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "Connected to Ray cluster" in result.stdout + result.stderr  # joined, did not start its own
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "latest" / "metrics.json").read_text())  # the run's own folder
     assert record["n_test"] == 9
 
 
