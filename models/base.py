@@ -106,6 +106,12 @@ class MethodConfig:
             if getattr(self, key) not in choices:
                 raise ConfigError(f"config key {key!r} must be one of {list(choices)}, got {getattr(self, key)!r}")
 
+    def check(self, checks: Iterable[tuple[str, bool, str]]) -> None:
+        """ConfigError for the first (key, ok, what) whose `ok` is false: "key must be what"."""
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

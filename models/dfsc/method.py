@@ -137,9 +137,7 @@ class DFSCConfig(MethodConfig):
             ("penalty_weight", self.penalty_weight >= 0, ">= 0"),
             ("teacher_cache_mb", self.teacher_cache_mb >= 0, ">= 0"),
         ]
-        for key, ok, what in checks:
-            if not ok:
-                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+        self.check(checks)
 
 
 def lr_factor(step: int, steps: int, beta2: float, drop_fraction: float) -> float:

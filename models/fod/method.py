@@ -99,9 +99,7 @@ class FODConfig(MethodConfig):
             ("smoothing_sigma", self.smoothing_sigma >= 0, ">= 0"),
             ("feature_cache_mb", self.feature_cache_mb >= 0, ">= 0"),
         ]
-        for key, ok, what in checks:
-            if not ok:
-                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+        self.check(checks)
         for stride in self.strides:
             if self.image_size % stride:
                 raise ConfigError(f"config key 'image_size' ({self.image_size}) must be a multiple of every "

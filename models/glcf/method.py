@@ -128,9 +128,7 @@ class GLCFConfig(MethodConfig):
              f"{len(self.target_strides)} values (one per target stride)"),
             ("smoothing_sigma", self.smoothing_sigma >= 0, ">= 0"),
         ]
-        for key, ok, what in checks:
-            if not ok:
-                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+        self.check(checks)
 
 
 def lr_factor(step: int, steps: int, drop_fraction: float) -> float:

@@ -175,9 +175,7 @@ class SLSGConfig(MethodConfig):
         ]
         checks += [(k, getattr(self, k) >= 0, ">= 0") for k in
                    ("w_adv", "w_l1", "w_rec_aux", "w_focal", "w_seg_l1", "w_seg_aux")]
-        for key, ok, what in checks:
-            if not ok:
-                raise ConfigError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+        self.check(checks)
         self._validate_simulation()
 
     def _validate_simulation(self) -> None:
