@@ -8,7 +8,11 @@ and says where its weights came from:
   machine with internet): loaded through timm's `pretrained_cfg_overlay=dict(file=PATH)`;
 - "hub": timm's own pretrained download (Hugging Face hub). Offline (HF_HUB_OFFLINE=1,
   or no network) this fails fast with `BackboneWeightsError`;
-- None / "" / "random": random init, with one logged warning per backbone name.
+- None / "" / "random": random init, with one logged warning per backbone name. Residual
+  branches are left live (timm's `zero_init_last=False` where the model takes it): timm
+  zero-initialises each block's last norm by default, which is a good start for training
+  but leaves a *frozen* random ResNet an identity stack of strided 1x1 projections whose
+  receptive field is the stem's (one perturbed pixel moved one layer3 position).
 
 timm is imported through `torchvision_ops.import_timm`, which works with any
 torch/torchvision pair (see that module).
@@ -54,7 +58,7 @@ def create_backbone(name: str, weights: str | None = None, out_indices: Sequence
         if name not in _WARNED_RANDOM:
             log.warning("backbone %s: random init (no pretrained weights given); features are not pretrained", name)
             _WARNED_RANDOM.add(name)
-        return timm.create_model(name, pretrained=False, **common), RANDOM
+        return _create_random(timm, name, common), RANDOM
     if weights == HUB:
         try:
             return timm.create_model(name, pretrained=True, **common), HUB
@@ -90,6 +94,18 @@ def create_backbone(name: str, weights: str | None = None, out_indices: Sequence
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}); {expected}"
         )
     return model, f"file:{path}"
+
+
+def _create_random(timm, name: str, common: dict) -> nn.Module:
+    """Random-init timm model with live residual branches where the architecture has the switch."""
+    if "zero_init_last" in common:
+        return timm.create_model(name, pretrained=False, **common)
+    try:
+        return timm.create_model(name, pretrained=False, zero_init_last=False, **common)
+    except TypeError as exc:  # architectures without residual zero-init (Swin, ConvNeXt, ...)
+        if "zero_init_last" not in str(exc):
+            raise
+        return timm.create_model(name, pretrained=False, **common)
 
 
 class _Collect(logging.Handler):

@@ -128,6 +128,21 @@ def test_create_backbone_random_init_logs_a_warning_once(caplog):
     assert len(warnings) == 1 and "resnet18" in warnings[0].getMessage()
 
 
+def test_random_backbone_features_see_past_the_stem():
+    """A frozen random ResNet keeps its residual branches live: a one-pixel change spreads."""
+    model, _ = create_backbone("resnet18", None, out_indices=(3,))
+    model.eval()
+    assert all(float(block.bn2.weight.abs().sum()) > 0 for block in model.layer3)
+    image = torch.randn(1, 3, 128, 128)
+    moved = image.clone()
+    moved[:, :, 64, 64] += 10.0
+    with torch.no_grad():
+        changed = (model(image)[0] - model(moved)[0]).abs().sum(1)[0] > 1e-6
+    assert int(changed.sum()) > 9
+    swin, _ = create_backbone("swin_tiny_patch4_window7_224", None, out_indices=(3,))
+    assert swin.feature_info.channels() == [768]
+
+
 def test_create_backbone_from_the_hub_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
