@@ -62,3 +62,12 @@ def test_cli_bad_set_key_fails_with_one_line_before_training(capsys, tmp_path):
 
 def test_parse_sets_splits_on_the_first_equals():
     assert parse_sets(["a=b=c", " k = v "]) == {"a": "b=c", "k": "v"}
+
+
+def test_weight_sources_that_are_not_paths_pass_the_path_check_and_missing_files_do_not(tmp_path):
+    from logicad.pipelines.train.driver import check_paths
+
+    for source in ("hub", "random"):
+        check_paths(resolve_config("glcf", [f"backbone_weights={source}"]))
+    with pytest.raises(ConfigError, match="'backbone_weights'.*does not exist"):
+        check_paths(resolve_config("glcf", [f"backbone_weights={tmp_path / 'missing.pth'}"]))

@@ -69,10 +69,18 @@ def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
                       cache_dir=job.cache_dir, **kw)
 
 
+NON_PATH_WEIGHTS = ("hub", "random", "imagenet")
+
+
 def check_paths(config: MethodConfig) -> None:
-    """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set."""
+    """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set; weight
+    sources that are not paths ("hub", "random", "imagenet") are left to the method."""
     for key, value in config.to_dict().items():
-        if key.endswith(("_weights", "_dir")) and isinstance(value, str) and value and not Path(value).exists():
+        if not (key.endswith(("_weights", "_dir")) and isinstance(value, str) and value):
+            continue
+        if key.endswith("_weights") and value in NON_PATH_WEIGHTS:
+            continue
+        if not Path(value).exists():
             raise ConfigError(f"config key {key!r}: {value} does not exist; expected a path on this machine")
 
 
