@@ -12,7 +12,9 @@ import torch
 from logicad.models.base import ConfigError, build_method, method_class
 from logicad.models.feature_cache import FeatureCache
 from logicad.models.fod import loss as L
-from logicad.models.fod.network import CorrelationBranch, squared_offsets, sigma_bound, target_correlation
+from logicad.models.fod import scoring
+from logicad.models.fod.network import (CorrelationBranch, I2CorrelationLayer, sigma_bound, squared_offsets,
+                                        target_correlation)
 
 from registry_check import assert_registered_model_scores_alike
 
@@ -141,6 +143,38 @@ def test_batch_one_and_batch_four_give_the_same_maps(overrides):
     assert maps.shape == (4, 1, 64, 64)
     torch.testing.assert_close(maps, singles, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(model.image_score(maps), torch.cat([model.image_score(m[None]) for m in singles]))
+
+
+def test_intra_only_layer_keeps_the_residual_that_two_branches_cancel():
+    torch.manual_seed(0)
+    dy2, dx2 = squared_offsets(3, 3)
+    x, ref = torch.randn(2, 9, 16), torch.randn(1, 9, 16)
+    for intra_only in (True, False):
+        layer = I2CorrelationLayer(16, 2, 2, residual=False, intra_only=intra_only)
+        out, _, _ = layer(x, ref, dy2, dx2)
+        z = layer.intra(x, x, dy2, dx2)[0]
+        z = z + x if intra_only else z - layer.inter(x, ref, dy2, dx2)[0]
+        z = layer.norm1(z)
+        torch.testing.assert_close(out, layer.norm2(z + layer.ffn(z)))
+
+
+def test_inter_kl_weights_large_divergence_up_and_intra_kl_weights_small_divergence_up():
+    rec = torch.ones(1, 2, 2)
+    kl = torch.tensor([[[0.0, 1.0], [2.0, 8.0]]])
+    inter = scoring.weighted(rec, kl, "full", inter=True).flatten()
+    intra = scoring.weighted(rec, kl, "full", inter=False).flatten()
+    assert inter.argmax() == 3 and float(inter[0]) == 0.0  # least like the target: most anomalous
+    assert intra.argmax() == 0  # most like the local target although trained away from it
+    torch.testing.assert_close(intra.sum(), torch.tensor(1.0))
+    assert torch.equal(scoring.weighted(rec, kl, "rec_only"), rec)
+
+
+def test_token_projections_start_at_kaiming_fan_in_scale():
+    torch.manual_seed(0)
+    level = _model().levels[0]
+    fan_in = level.embed.in_features
+    for layer in (level.embed, level.ref_embed):
+        assert float(layer.weight.std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
 
 
 def test_image_score_is_the_maximum_of_the_smoothed_map():

@@ -49,7 +49,8 @@ class FODConfig(MethodConfig):
     residual: bool = False
     #: ablation: drop the entropy terms
     use_entropy: bool = True
-    #: ablation: intra-correlation only (no reference features, no inter branch)
+    #: ablation: intra-correlation only (no reference features, no inter branch; the residual
+    #: stays and the score weights by the intra KL, as in the authors' code)
     intra_only: bool = False
     #: "full": rec x (max - softmax(-KL)); "rec_only": the reconstruction error alone
     score_mode: str = "full"
@@ -233,10 +234,10 @@ class FOD(Method):
     @torch.no_grad()
     def maps_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """B x 1 x S x S unsmoothed map (pixel metrics use it) under the current score_mode."""
-        levels = [scoring.weighted(parts[f"rec_{i}"], parts[f"kl_{i}"], self.config.score_mode)
+        c = self.config
+        levels = [scoring.weighted(parts[f"rec_{i}"], parts[f"kl_{i}"], c.score_mode, inter=not c.intra_only)
                   for i in range(len(self.levels))]
-        size = self.config.image_size
-        return scoring.combine(levels, (size, size))
+        return scoring.combine(levels, (c.image_size, c.image_size))
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:

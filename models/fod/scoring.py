@@ -21,21 +21,26 @@ def token_kl(branches: Sequence[Correlation]) -> torch.Tensor:
 
 def level_parts(out: LevelOutput) -> tuple[torch.Tensor, torch.Tensor]:
     """(rec error, correlation KL), each B x h x w: the inter branch's KL, or the intra
-    branch's when the model has no inter branch (the intra-only ablation)."""
+    branch's when the model has no inter branch (the intra-only ablation; see `weighted`)."""
     b = out.features.shape[0]
     rec = L.reconstruction_rows(out.recon, out.features)
     kl = token_kl(out.inter if out.inter else out.intra)
     return rec.reshape(b, *out.grid), kl.reshape(b, *out.grid)
 
 
-def weighted(rec: torch.Tensor, kl: torch.Tensor, mode: str) -> torch.Tensor:
-    """B x h x w token scores. full: rec x (max - softmax(-KL)), softmax and max over each
-    image's own tokens (right at any batch size); rec_only: rec."""
+def weighted(rec: torch.Tensor, kl: torch.Tensor, mode: str, inter: bool = True) -> torch.Tensor:
+    """B x h x w token scores; softmax and max over each image's own tokens (right at any batch
+    size). full: rec x (max - softmax(-KL)) for the inter KL (training pulls normal tokens'
+    inter-correlation onto the target: a large KL is anomalous); for the intra KL of the
+    intra-only ablation rec x softmax(-KL), as the authors' code scores it (training pushes
+    normal tokens' intra-correlation away from the target: a small KL is anomalous).
+    rec_only: rec."""
     if mode == "rec_only":
         return rec
     b = rec.shape[0]
     weights = torch.softmax(-kl.reshape(b, -1), dim=1)
-    weights = weights.amax(dim=1, keepdim=True) - weights
+    if inter:
+        weights = weights.amax(dim=1, keepdim=True) - weights
     return rec * weights.reshape(rec.shape)
 
 
