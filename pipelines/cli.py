@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    storage_path=storage, run_name=args.run_name, resume=args.resume,
                    checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
                    tracking_uri=args.tracking_uri, storage_filesystem=filesystem,
-                   keep_checkpoints=args.keep_checkpoints, **remote_data(args))
+                   keep_checkpoints=args.keep_checkpoints, compile_step=args.compile_step, **remote_data(args))
     record = run_train(job)
     print_headline(record)
     from .train.driver import disk_summary
@@ -171,6 +171,12 @@ def add_train(sub) -> None:
     _data_args(p)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     _config_args(p)
+    from .train.compiled_step import DEBUG_BACKENDS, MODES
+
+    p.add_argument("--compile-step", default="", choices=("", *MODES, *DEBUG_BACKENDS), metavar="MODE",
+                   help=f"torch.compile the training step (forward + backward) with this mode: {', '.join(MODES)} "
+                        f"(reduce-overhead = CUDA graphs); off by default; methods whose step is not "
+                        f"compilable say so and train eager")
     p.add_argument("--out", "--output", dest="output", default="outputs",
                    help="output root: each run writes <out>/<method>/<category>/<run>/ and <out>/latest points "
                         "at the newest")

@@ -7,6 +7,7 @@ import math
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
 import torch
+import torch.nn.functional as F
 from logicad.models.base import Collective, ConfigError, build_method, method_class
 from logicad.models.dfsc import DFSC, DFSCConfig, lr_factor
 from logicad.models.dfsc import loss as L
@@ -415,9 +416,35 @@ def _reference_run(**overrides) -> tuple[DFSC, list[dict], torch.Tensor]:
 def test_default_configuration_gives_the_losses_and_maps_recorded_before_the_ablation_keys(margin):
     _, outs, maps = _reference_run(margin=margin)
     losses, hinges, map_sum = REFERENCE[margin]
-    assert [o["loss"] for o in outs] == pytest.approx(losses, rel=1e-6)
-    assert [o["l_dfsc"] for o in outs] == pytest.approx(hinges, rel=1e-5, abs=1e-7)
-    assert float(maps.double().sum()) == pytest.approx(map_sum, rel=1e-7)
+    # the first step to float32 rounding; later steps looser: the masked means that replaced
+    # boolean indexing (static shapes for a compiled step; equal in float64, see the test below)
+    # sum in another order, and Adam amplifies last-bit gradient differences (measured at step 3:
+    # loss 1.8e-5, hinge 9e-4 relative)
+    assert outs[0]["loss"] == pytest.approx(losses[0], rel=1e-6)
+    assert outs[0]["l_dfsc"] == pytest.approx(hinges[0], rel=1e-5, abs=1e-7)
+    assert [o["loss"] for o in outs] == pytest.approx(losses, rel=1e-4)
+    assert [o["l_dfsc"] for o in outs] == pytest.approx(hinges, rel=2e-3, abs=1e-7)
+    assert float(maps.double().sum()) == pytest.approx(map_sum, rel=1e-3)  # measured 1.8e-4
+
+
+def test_masked_mean_losses_equal_the_boolean_indexed_forms_in_float64():
+    """L_hard and the hinge as masked means (static shapes) are the papers' means over the
+    selected elements / locations: same values and gradients."""
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 32, 9, 9, dtype=torch.float64)
+    ae = (teacher + 0.3 * torch.randn_like(teacher)).requires_grad_()
+    ae_ref = ae.detach().clone().requires_grad_()
+    d_ta = (teacher - ae).pow(2).detach()
+    hinge = L.dfsc_loss(teacher, ae, d_ta, 0.9, 2.0)
+    where = L.top_quantile_mask(d_ta.mean(1, keepdim=True), 0.9).any(1)
+    t_hat = F.normalize(teacher.permute(0, 2, 3, 1)[where], dim=-1)
+    a_hat = F.normalize(ae_ref.permute(0, 2, 3, 1)[where], dim=-1)
+    reference = F.relu(2.0 - (t_hat - a_hat).norm(dim=-1)).mean()
+    (hinge + L.hard_loss((teacher - ae).pow(2), 0.99)).backward()
+    d_ref = (teacher - ae_ref).pow(2)
+    (reference + d_ref[L.top_quantile_mask(d_ref, 0.99)].mean()).backward()
+    assert float(hinge) == pytest.approx(float(reference), rel=1e-12) and float(hinge) > 0
+    assert torch.allclose(ae.grad, ae_ref.grad, rtol=1e-10, atol=1e-15)
 
 
 def test_ablation_keys_default_to_dfsc_and_are_validated():

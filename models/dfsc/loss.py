@@ -63,7 +63,8 @@ def hard_loss(d_st: torch.Tensor, q: float) -> torch.Tensor:
     The quantile is per image, which equals EfficientAD's per-batch quantile at batch 1
     (the paper's setting) and keeps its meaning at larger batches.
     """
-    return d_st[top_quantile_mask(d_st, q)].mean()
+    mask = top_quantile_mask(d_st, q)  # a masked mean, not d_st[mask]: static shapes for torch.compile
+    return (d_st * mask).sum() / mask.sum()
 
 
 def dfsc_loss(teacher: torch.Tensor, ae: torch.Tensor, d_ta: torch.Tensor, q: float, margin: float,
@@ -90,10 +91,8 @@ def dfsc_loss(teacher: torch.Tensor, ae: torch.Tensor, d_ta: torch.Tensor, q: fl
     else:
         raise ValueError(f"dfsc reduction must be 'channel' or 'element', got {reduction!r}")
     where = mask.any(dim=1)  # B x H x W: locations the mask touches
-    t_hat = F.normalize(t.permute(0, 2, 3, 1)[where], dim=-1)  # N x C
-    a_hat = F.normalize(a.permute(0, 2, 3, 1)[where], dim=-1)
-    d = (t_hat - a_hat).norm(dim=-1)  # N, in [0, 2]
-    return F.relu(margin - d).mean()
+    d = (F.normalize(t, dim=1) - F.normalize(a, dim=1)).norm(dim=1)  # B x H x W, in [0, 2]
+    return (F.relu(margin - d) * where).sum() / where.sum()  # mean over `where`, static shapes
 
 
 def separation(teacher: torch.Tensor, ae: torch.Tensor) -> torch.Tensor:

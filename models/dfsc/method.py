@@ -164,6 +164,9 @@ class DFSC(Method):
     #: S_st's backward from L_hard's non-zero entries only (identical gradients; off for speed
     #: ablations). A CPU speed-up: on a GPU the dense backward is faster, so it is used there.
     sparse_hard_backward: bool = True
+    #: the step compiles: its host side (cache lookups, jitter) runs outside the graph
+    #: (`_step_inputs`), and the losses are masked means with static shapes
+    compilable_step = True
 
     def __init__(self, config: DFSCConfig | None = None) -> None:
         super().__init__(config or DFSCConfig())
@@ -286,10 +289,7 @@ class DFSC(Method):
 
     def training_step(self, batch: dict[str, Any], stage: str = "train") -> dict[str, torch.Tensor]:
         c = self.config
-        if not bool(self.prepared):
-            raise RuntimeError("DFSC.training_step before prepare(): the teacher statistics are missing")
-        images = self._input(batch["image"])
-        teacher, images_ae, teacher_ae = self.training_targets(batch, images)  # B x C x P x P, float32
+        images, teacher, images_ae, teacher_ae = self._step_inputs(batch)  # targets B x C x P x P, float32
         s_st, s_ae = self._student_halves(images, images_ae)  # B x C x P x P each
         ae = self.autoencoder(images_ae).float()
         l_hard = L.hard_loss((teacher - s_st).pow(2), c.hard_quantile)
@@ -301,8 +301,7 @@ class DFSC(Method):
         out = {"l_hard": l_hard, "l_ae": l_ae, "l_stae": l_stae, "l_dfsc": l_dfsc}
         penalty = self._penalty_images()
         if penalty is not None:
-            penalty_images = penalty.sample(images.shape[0]).to(images.device, images.dtype)
-            penalty_images = self._input(penalty_images)
+            penalty_images = self._input(self._penalty_batch(penalty, images))
             conv4 = self.student.conv4  # only S_st is penalised: skip the other half of the last conv
             s_st = F.conv2d(self._student_trunk(penalty_images), conv4.weight[: c.out_channels],
                             conv4.bias[: c.out_channels])
@@ -310,6 +309,21 @@ class DFSC(Method):
             loss = loss + c.penalty_weight * l_penalty
             out["l_penalty"] = l_penalty
         return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
+
+    @torch.compiler.disable
+    def _step_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(I, T(I), I_ae, T(I_ae)): the host side of a step (the prepared check, teacher-cache
+        lookups by image key, the jitter's generator), kept out of a compiled step's graph."""
+        if not bool(self.prepared):
+            raise RuntimeError("DFSC.training_step before prepare(): the teacher statistics are missing")
+        images = self._input(batch["image"])
+        return images, *self.training_targets(batch, images)
+
+    @staticmethod
+    @torch.compiler.disable
+    def _penalty_batch(penalty: PenaltyImages, images: torch.Tensor) -> torch.Tensor:
+        """A batch of penalty images like `images` (host-side sampling, outside compiled graphs)."""
+        return penalty.sample(images.shape[0]).to(images.device, images.dtype)
 
     def _student_halves(self, images: torch.Tensor, images_ae: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:

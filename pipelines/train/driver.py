@@ -58,6 +58,7 @@ class TrainJob:
     s3_endpoint_url: str | None = None
     cache_dir: str | None = None
     keep_checkpoints: int = 2  # per run (per trial in a sweep)
+    compile_step: str = ""  # torch.compile mode of the training step ("" eager)
 
 
 def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
@@ -66,7 +67,7 @@ def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
     return WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
                       data_root=str(Path(job.data_root).absolute()), category=job.category,
                       log_every=job.log_every, data_uri=job.data_uri, s3_endpoint_url=job.s3_endpoint_url,
-                      cache_dir=job.cache_dir, **kw)
+                      cache_dir=job.cache_dir, compile_step=job.compile_step, **kw)
 
 
 NON_PATH_WEIGHTS = ("hub", "random", "imagenet")

@@ -30,6 +30,7 @@ from logicad.data.views import training_view
 from logicad.models.base import Method, Stage, build_method, method_class
 
 from .checkpoints import MODEL_FILE, read_model_file, save_model
+from .compiled_step import compiled_step
 from .distributed import DeviceLoader, TorchCollective, shard, world
 from .progress import Progress
 from .session import TrainSession, TuneSession
@@ -61,6 +62,8 @@ class WorkerSpec:
     s3_endpoint_url: str | None = None
     #: where a node keeps synced datasets (default: the driver's LOGICAD_CACHE / ~/.cache/logicad)
     cache_dir: str | None = None
+    #: torch.compile mode for the training step ("" eager; see compiled_step.MODES)
+    compile_step: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +116,8 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
                 print(f"[{spec.method}] {line}", flush=True)
         method.prepare(_stats_loader(train_set, config, device), collective)
         state = {"stage": 0, "step": 0}
-    ddp = session.prepare_model(method, method.find_unused_parameters)
+    ddp = compiled_step(session.prepare_model(method, method.find_unused_parameters), method,
+                        spec.compile_step, announce=rank == 0)
     stages = method.stages()
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
