@@ -85,9 +85,13 @@ def _autocast(device: torch.device, precision: str):
 
 
 # --- training -----------------------------------------------------------------------------
-def plain_loop(method, device: torch.device, steps: int) -> dict[str, Any]:
+def plain_loop(method, device: torch.device, steps: int, compile_mode: str = "") -> dict[str, Any]:
     """Steps/s of training_step + backward + every optimizer + after_step on one fixed batch
-    (no data loading, no logging), after 3 warm-up steps; the first stage only."""
+    (no data loading, no logging), after 3 warm-up steps; the first stage only. With
+    `compile_mode` the step goes through `pipelines.train.compiled_step` as `--compile-step`
+    does (the first call, the compile, is timed apart as `compile_s`)."""
+    from logicad.pipelines.train.compiled_step import compiled_step
+
     size, batch_size = method.config.image_size, method.config.batch_size
     images = torch.randn(8, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     method.prepare([{"image": images, "label": torch.zeros(8, dtype=torch.long, device=device)}])
@@ -96,20 +100,33 @@ def plain_loop(method, device: torch.device, steps: int) -> dict[str, Any]:
              "index": torch.arange(batch_size)}
     method.start_stage(stage.name)
     method.train()
+    call = compiled_step(method, method, compile_mode)
+    first: dict[str, float] = {}
 
     def step() -> None:
         with _autocast(device, method.config.precision):
-            losses = method(batch, stage=stage.name)
+            losses = call(batch, stage=stage.name)
         for optimizer in stage.optimizers:
             optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         for optimizer in stage.optimizers:
             optimizer.step()
         method.after_step(stage.name)
+        if not first:
+            first["loss"] = float(losses["loss"].detach())
 
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    compile_s = time.perf_counter() - start
     _reset_peak(device)
-    seconds = timed(step, device, steps, warmup=3)
-    return {"steps_per_s": round(1.0 / seconds, 2), "ms_per_step": round(1000 * seconds, 2), **_peak(device)}
+    seconds = timed(step, device, steps, warmup=2)
+    row = {"steps_per_s": round(1.0 / seconds, 2), "ms_per_step": round(1000 * seconds, 2),
+           "first_loss": first["loss"], **_peak(device)}
+    if compile_mode:
+        row.update(compile_mode=compile_mode, compiled=call is not method, compile_s=round(compile_s, 1))
+    return row
 
 
 class _QuietSession:
@@ -297,6 +314,10 @@ def run_method(name: str, args, device: torch.device, data: Path, category: str,
     torch.manual_seed(0)
     attempt("train_plain_loop", lambda: plain_loop(build_method(name, **config).to(
         device, memory_format=torch.channels_last), device, args.steps))
+    if args.compile_step:  # the same first batch and seed: first_loss compares with the eager row
+        torch.manual_seed(0)
+        attempt("train_plain_loop_compiled", lambda: plain_loop(build_method(name, **config).to(
+            device, memory_format=torch.channels_last), device, args.steps, args.compile_step))
     spec = worker_spec(name, config, data, category)
     model_file = work / f"{name}.pt"
     attempt("train_product_loop", lambda: product_loop(spec, model_file, device))
@@ -331,6 +352,8 @@ def table(results: dict[str, Any], batches: list[int]) -> str:
     columns = {name: row for name, row in results["methods"].items()}
     columns["peer EfficientAD-S"] = results["peer"]
     lines = [("training steps/s, plain loop", lambda r: r.get("train_plain_loop", r.get("train", {})).get("steps_per_s")),
+             ("training steps/s, plain loop, compiled step",
+              lambda r: r.get("train_plain_loop_compiled", {}).get("steps_per_s")),
              ("training steps/s, product loop", lambda r: r.get("train_product_loop", {}).get("steps_per_s")),
              ("training steps/s, TorchTrainer 1 worker",
               lambda r: r.get("train_torch_trainer", {}).get("steps_per_s")
@@ -373,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
     parser.add_argument("--compiled-methods", default="all", help="methods whose compiled scoring is measured "
                         "('all', or a comma list; '' for none: inductor on a CPU compiles for minutes)")
+    parser.add_argument("--compile-step", default="reduce-overhead" if CUDA else "",
+                        help="torch.compile mode of the compiled training-step row (default reduce-overhead, "
+                             "i.e. CUDA graphs, on CUDA; '' skips it: inductor on a CPU compiles for minutes)")
     parser.add_argument("--no-ray", dest="ray", action="store_false")
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     args = parser.parse_args(argv)
