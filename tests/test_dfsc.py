@@ -503,6 +503,23 @@ def test_map_norm_linear_changes_only_the_map_efficientads_unbounded_average():
     assert torch.allclose(dfsc.maps_from_parts(parts), lin, atol=1e-6)
 
 
+def test_branches_keep_one_normalised_map_and_both_average_them():
+    from logicad.models.dfsc import scoring
+
+    g = torch.Generator().manual_seed(0)
+    map_st, map_ae = torch.rand(2, 6, 6, generator=g), torch.rand(2, 6, 6, generator=g)
+    q = torch.tensor([0.2, 0.9])
+    for norm in ("sigmoid", "linear"):
+        maps = {b: scoring.combine(map_st, map_ae, q, q, (14, 14), norm, b) for b in scoring.BRANCHES}
+        assert torch.allclose(maps["both"], 0.5 * (maps["st"] + maps["ae"]), atol=1e-6)
+        assert not torch.allclose(maps["st"], maps["ae"])
+    st_only = scoring.combine(map_st, map_ae, q, q, (14, 14), "linear", "st")
+    assert torch.equal(st_only, scoring.combine(map_st, torch.zeros_like(map_ae), q, q, (14, 14), "linear", "st"))
+    assert "branches" in DFSCConfig.SCORE_ONLY
+    with pytest.raises(ConfigError, match="branches"):
+        DFSCConfig().replace(branches="teacher")
+
+
 def test_ae_augment_jitters_only_the_autoencoders_input():
     from logicad.models.dfsc.augment import colour_jitter
 

@@ -87,6 +87,8 @@ class DFSCConfig(MethodConfig):
     #: each normalised map through a sigmoid before averaging ("sigmoid", DFSC) or averaged as is
     #: ("linear", EfficientAD's 0.1 * (map - q_low) / (q_high - q_low)); score-only
     map_norm: str = "sigmoid"
+    #: score-only: which difference maps the final map averages ("both", or "st" / "ae" alone)
+    branches: str = "both"
     #: the autoencoder's input: the training image ("none", DFSC) or a colour-jittered copy
     #: ("efficientad": random brightness, contrast or saturation, factor 0.8-1.2)
     ae_augment: str = "none"
@@ -113,9 +115,10 @@ class DFSCConfig(MethodConfig):
         "dfsc_reduction": ("channel", "element"),
         "ae_norm": AE_NORMS,
         "map_norm": scoring.MAP_NORMS,
+        "branches": scoring.BRANCHES,
         "ae_augment": ("none", "efficientad"),
     }
-    SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_norm",)
+    SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_norm", "branches")
 
     def validate(self) -> None:
         super().validate()
@@ -422,7 +425,8 @@ class DFSC(Method):
         size = self.config.image_size
         q_st, q_ae = self.q_st.to(parts["map_st"].device), self.q_ae.to(parts["map_st"].device)
         with torch.inference_mode():
-            return scoring.combine(parts["map_st"], parts["map_ae"], q_st, q_ae, (size, size), self.config.map_norm)
+            return scoring.combine(parts["map_st"], parts["map_ae"], q_st, q_ae, (size, size), self.config.map_norm,
+                                   self.config.branches)
 
     def traceable_maps(self, images: torch.Tensor) -> torch.Tensor:
         """`anomaly_map` as a pure tensor function, for the compiled scoring path
@@ -431,7 +435,8 @@ class DFSC(Method):
         x = self._input(images)
         with self._scoring_autocast(x.device):
             map_st, map_ae = scoring.difference_maps(self._teacher_features(x), self.student_ema(x), self.autoencoder(x))
-        return scoring.combine(map_st, map_ae, self.q_st, self.q_ae, tuple(images.shape[-2:]), self.config.map_norm)
+        return scoring.combine(map_st, map_ae, self.q_st, self.q_ae, tuple(images.shape[-2:]), self.config.map_norm,
+                               self.config.branches)
 
     def _scoring_autocast(self, device: torch.device):
         precision = self.config.precision

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 MAP_PADDING = 4
 #: "sigmoid" (DFSC) or "linear" (EfficientAD)
 MAP_NORMS = ("sigmoid", "linear")
+#: which difference maps the final map averages: both (the papers'), or one branch alone
+#: (an ablation: the student-teacher map sees local defects, the autoencoder map the layout)
+BRANCHES = ("both", "st", "ae")
 
 
 def difference_maps(teacher: torch.Tensor, student: torch.Tensor, ae: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,20 +40,27 @@ def normalise(raw: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def combine(map_st: torch.Tensor, map_ae: torch.Tensor, q_st: torch.Tensor, q_ae: torch.Tensor,
-            image_size: tuple[int, int], map_norm: str = "sigmoid") -> torch.Tensor:
+            image_size: tuple[int, int], map_norm: str = "sigmoid", branches: str = "both") -> torch.Tensor:
     """B x P x P raw maps -> B x 1 x H x W final map.
 
     "sigmoid" (DFSC): sigmoid(normalised map_st) and sigmoid(normalised map_ae) averaged,
     in (0, 1); padded by 4 with 0.5 (= EfficientAD's zero padding of the normalised maps,
     through the sigmoid). "linear" (EfficientAD): the normalised maps averaged, padded
-    with 0. Then a bilinear resize to `image_size`.
+    with 0. Then a bilinear resize to `image_size`. `branches` "st" or "ae" keeps one
+    normalised map alone (same normalisation and padding).
     """
     n_st, n_ae = normalise(map_st, q_st), normalise(map_ae, q_ae)
     if map_norm == "sigmoid":
-        combined, pad = 0.5 * (torch.sigmoid(n_st) + torch.sigmoid(n_ae)), 0.5
-    elif map_norm == "linear":
-        combined, pad = 0.5 * (n_st + n_ae), 0.0
-    else:
+        n_st, n_ae, pad = torch.sigmoid(n_st), torch.sigmoid(n_ae), 0.5
+    elif map_norm != "linear":
         raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
+    else:
+        pad = 0.0
+    if branches == "both":
+        combined = 0.5 * (n_st + n_ae)
+    elif branches in BRANCHES:
+        combined = n_st if branches == "st" else n_ae
+    else:
+        raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
     padded = F.pad(combined[:, None], (MAP_PADDING,) * 4, value=pad)
     return F.interpolate(padded, size=image_size, mode="bilinear", align_corners=False)
