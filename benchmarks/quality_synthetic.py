@@ -72,6 +72,18 @@ def rescored(model_dir: Path, data: Path, category: str, settings: dict[str, dic
     return out
 
 
+def write_result(args: argparse.Namespace, config, rows: dict[str, dict]) -> dict:
+    """The JSON of the categories done so far (their means over those categories)."""
+    result = {"method": args.method, "preset": args.preset, "config": config.to_dict(), "categories": rows,
+              "mean": {k: sum(r[k] for r in rows.values()) / len(rows) for k in COLUMNS[:5]},
+              "peak_rss_gb_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+              "torch_threads": torch.get_num_threads()}
+    out = Path(args.out or f"benchmarks/results/{args.method}_synthetic.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", default="dfsc")
@@ -96,13 +108,7 @@ def main() -> None:
             record["images_per_second_b16"] = images_per_second_b16(Path(record["run_dir"]) / "model", data, category)
             rows[category] = {k: record.get(k) for k in COLUMNS}
             rows[category]["rescored"] = rescored(Path(record["run_dir"]) / "model", data, category, settings)
-    result = {"method": args.method, "preset": args.preset, "config": config.to_dict(), "categories": rows,
-              "mean": {k: sum(r[k] for r in rows.values()) / len(rows) for k in COLUMNS[:5]},
-              "peak_rss_gb_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-              "torch_threads": torch.get_num_threads()}
-    out = Path(args.out or f"benchmarks/results/{args.method}_synthetic.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+            result = write_result(args, config, rows)  # after every category: a cut-off run keeps what it did
     print(" | ".join(["category", *COLUMNS]))
     for name, row in rows.items():
         print(" | ".join([name, *(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in COLUMNS)]))
