@@ -281,3 +281,17 @@ def test_registered_model_reloads_in_a_fresh_process_with_the_same_scores(ray_ru
     tmp, one, _ = ray_runs
     assert_registered_model_scores_alike(one["model_uri"], Path(one["run_dir"]) / "model", tmp / "mlflow.db",
                                          small_loco, category)
+
+
+def test_shipped_search_spaces_load_and_every_d_model_choice_fits_the_preset():
+    from logicad.pipelines.tune.search_space import load_space
+
+    root = Path(__file__).resolve().parent.parent / "tune_spaces"
+    space = load_space(root / "fod.yaml", "fod")
+    assert {"lambda1", "lambda2", "d_model", "lr"} <= set(space.space)
+    cls = method_class("fod").config_cls
+    for width in space.space["d_model"]["choice"]:
+        cls.build({**space.fixed, "d_model": ",".join(map(str, width))}, preset=space.preset)
+    ablation = load_space(root / "fod_ablation.yaml", "fod")
+    assert set(ablation.space) == {"use_entropy", "intra_only", "score_mode"}
+    assert all("grid" in spec for spec in ablation.space.values())
