@@ -73,11 +73,28 @@ class GLCFConfig(MethodConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # 2 CPU cores: a random-init ResNet-18 teacher (Swin-T's random features are poor and
-        # slow on a CPU), 128 px (4 x 4 bottleneck grid), a narrower and shallower SAM,
-        # ResNet up-sampling decoders with one block per stage, batch 4, 400 steps.
+        # slow on a CPU), 128 px, a narrower and shallower SAM, ResNet up-sampling decoders with
+        # one block per stage, batch 4, 800 steps. Chosen on a seed-1 synthetic set (never the
+        # benchmark's test split); why each departure:
+        # - strides: the bottleneck reads 8 and 16 (an 8 x 8 grid; the paper's 8/16/32 gives
+        #   4 x 4 at 128 px) and the decoders estimate strides 4 and 8. A random ResNet's deep
+        #   features carry little anomaly signal (a nearest-neighbour probe on parts_box: mean
+        #   AUROC 0.74 / 0.67 / 0.63 / 0.53 at strides 4 / 8 / 16 / 32); dropping stride 32
+        #   also makes a step 20 % cheaper, which pays for 800 instead of 400 steps.
+        # - K = (1, 1): the paper weights deeper scales up because pretrained deep features are
+        #   more semantic; random ones are not (see the probe).
+        # - distance `cos` (the authors' later version): a random ResNet with untrained batch
+        #   norms is positively homogeneous, so squared errors grow with image contrast and
+        #   brightness. With `l2` the local score followed the lighting (Spearman 0.8 with the
+        #   image mean over training images) more than the anomalies; the cosine is
+        #   scale-invariant (0.1).
         "cpu-synthetic": {
             "image_size": 128,
             "backbone": "resnet18",
+            "sb_strides": (8, 16),
+            "target_strides": (4, 8),
+            "scale_weights": (1.0, 1.0),
+            "distance": "cos",
             "sb_dim": 128,
             "sb_depth": 2,
             "sb_heads": 4,
@@ -85,9 +102,9 @@ class GLCFConfig(MethodConfig):
             "decoder_depth": 2,
             "decoder_heads": 4,
             "decoder": "resnet",
-            "up_depths": (1, 1, 1),
+            "up_depths": (1, 1),
             "batch_size": 4,
-            "max_steps": 400,
+            "max_steps": 800,
             "lr": 5e-4,
         },
     }
