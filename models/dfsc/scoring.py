@@ -49,18 +49,17 @@ def combine(map_st: torch.Tensor, map_ae: torch.Tensor, q_st: torch.Tensor, q_ae
     with 0. Then a bilinear resize to `image_size`. `branches` "st" or "ae" keeps one
     normalised map alone (same normalisation and padding).
     """
+    if map_norm not in MAP_NORMS:
+        raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
+    if branches not in BRANCHES:
+        raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
     n_st, n_ae = normalise(map_st, q_st), normalise(map_ae, q_ae)
     if map_norm == "sigmoid":
-        n_st, n_ae, pad = torch.sigmoid(n_st), torch.sigmoid(n_ae), 0.5
-    elif map_norm != "linear":
-        raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
-    else:
-        pad = 0.0
+        n_st, n_ae = torch.sigmoid(n_st), torch.sigmoid(n_ae)
     if branches == "both":
         combined = 0.5 * (n_st + n_ae)
-    elif branches in BRANCHES:
-        combined = n_st if branches == "st" else n_ae
     else:
-        raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
+        combined = n_st if branches == "st" else n_ae
+    pad = 0.5 if map_norm == "sigmoid" else 0.0
     padded = F.pad(combined[:, None], (MAP_PADDING,) * 4, value=pad)
     return F.interpolate(padded, size=image_size, mode="bilinear", align_corners=False)
