@@ -128,6 +128,21 @@ def test_create_backbone_random_init_logs_a_warning_once(caplog):
     assert len(warnings) == 1 and "resnet18" in warnings[0].getMessage()
 
 
+def test_loading_a_saved_model_does_not_announce_random_backbones(caplog, tmp_path):
+    from logicad.models.base import method_class
+    from logicad.pipelines.train.checkpoints import load_model, save_model
+
+    config = method_class("glcf").config_cls.build({"image_size": 64}, preset="cpu-synthetic")
+    method = build_method("glcf", config)  # a random ResNet-18 teacher
+    save_model(tmp_path / "model.pt", method)
+    backbones._WARNED_RANDOM.discard("resnet18")
+    caplog.clear()  # building `method` above may have announced its random teacher
+    with caplog.at_level(logging.WARNING, logger="logicad.models.backbones"):
+        load_model(tmp_path / "model.pt")
+    assert not [r for r in caplog.records if "random init" in r.getMessage()]
+    assert not backbones._RESTORING[0]
+
+
 def test_random_backbone_features_see_past_the_stem():
     """A frozen random ResNet keeps its residual branches live: a one-pixel change spreads."""
     model, _ = create_backbone("resnet18", None, out_indices=(3,))

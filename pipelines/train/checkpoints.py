@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
+from logicad.models.backbones import restoring_saved_weights
 from logicad.models.base import Method, build_method, method_class
 
 MODEL_FILE = "model.pt"
@@ -53,7 +53,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 def method_from_payload(payload: dict[str, Any]) -> Method:
     """A method in eval mode with the payload's config, weights and statistics."""
     config = method_class(payload["method"]).config_cls.build(payload["config"])
-    method = build_method(payload["method"], config)
+    with restoring_saved_weights():  # the backbones' weights come from the state dict below
+        method = build_method(payload["method"], config)
     method.load_state_dict(payload["state_dict"])
     return method.eval()
 
