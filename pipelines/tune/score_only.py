@@ -117,7 +117,7 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
         param_space=to_tune(space),
         tune_config=TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
                                search_alg=_search(space), max_concurrent_trials=space.budget_value("max_concurrent", 0)
-                               or None),
+                               or None, reuse_actors=True),  # a trial takes ms; a fresh actor, seconds
         run_config=RunConfig(name=name, storage_path=str(Path(storage).absolute()), verbose=0),
     )
     return tuner.fit()
