@@ -21,6 +21,7 @@ torch/torchvision pair (see that module).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -32,19 +33,19 @@ from .torchvision_ops import import_timm
 
 log = logging.getLogger(__name__)
 _WARNED_RANDOM: set[str] = set()
-#: set inside `restoring_saved_weights()`: backbones built there get a saved state dict next
-_RESTORING: list[bool] = [False]
+#: True inside `restoring_saved_weights()`: backbones built there get a saved state dict next
+_RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("restoring_saved_weights", default=False)
 
 
 @contextlib.contextmanager
 def restoring_saved_weights() -> Iterator[None]:
     """Backbones built inside are placeholders for a saved model's state dict, so their random
     init is not announced (the warning would be wrong for a model trained with pretrained weights)."""
-    previous, _RESTORING[0] = _RESTORING[0], True
+    token = _RESTORING.set(True)
     try:
         yield
     finally:
-        _RESTORING[0] = previous
+        _RESTORING.reset(token)
 
 
 RANDOM = "random"
@@ -70,7 +71,7 @@ def create_backbone(name: str, weights: str | None = None, out_indices: Sequence
         raise BackboneWeightsError(f"unknown timm model {name!r}; see timm.list_models()")
     common = dict(features_only=True, out_indices=tuple(out_indices), **kwargs)
     if weights in (None, "", RANDOM):
-        if name not in _WARNED_RANDOM and not _RESTORING[0]:
+        if name not in _WARNED_RANDOM and not _RESTORING.get():
             log.warning("backbone %s: random init (no pretrained weights given); features are not pretrained", name)
             _WARNED_RANDOM.add(name)
         return _create_random(timm, name, common), RANDOM

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from logicad.models.backbones import restoring_saved_weights
 from logicad.models.base import Method, build_method, method_class
 
