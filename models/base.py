@@ -63,6 +63,9 @@ class MethodConfig:
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"precision": ("32", "bf16", "16")}
     #: keys that change only how maps are combined and scored, never a weight (score-only sweeps)
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ()
+    #: timm backbone weights keys -> the key naming their architecture, e.g.
+    #: {"backbone_weights": "backbone"}: checked by the driver before any worker starts
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def keys(cls) -> list[str]:

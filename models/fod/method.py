@@ -88,6 +88,7 @@ class FODConfig(MethodConfig):
         "score_mode": ("full", "rec_only"),
     }
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("score_mode", "smoothing_sigma")
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"backbone_weights": "backbone"}
 
     def validate(self) -> None:
         super().validate()

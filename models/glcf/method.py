@@ -116,6 +116,7 @@ class GLCFConfig(MethodConfig):
         "branches": ("fused", "local", "global"),
     }
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("w_local", "w_global", "scale_weights", "branches")
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"backbone_weights": "backbone"}
 
     def validate(self) -> None:
         super().validate()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logicad.data import load_defects, scan, check_ground_truth
+from logicad.models.backbones import SHIPPED, BackboneWeightsError, check_weights
 from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
@@ -70,12 +71,14 @@ def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
                       cache_dir=job.cache_dir, compile_step=job.compile_step, **kw)
 
 
-NON_PATH_WEIGHTS = ("hub", "random", "imagenet")
+NON_PATH_WEIGHTS = ("hub", "random", "imagenet", *SHIPPED)
 
 
 def check_paths(config: MethodConfig) -> None:
-    """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set; weight
-    sources that are not paths ("hub", "random", "imagenet") are left to the method."""
+    """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set, and
+    every backbone's weights load into its architecture (`MethodConfig.BACKBONE_WEIGHTS`: names,
+    shapes, the shipped package installed), so bad weights fail in one line before Ray starts.
+    Other weight sources that are not paths ("hub", "random", "imagenet") are left to the method."""
     for key, value in config.to_dict().items():
         if not (key.endswith(("_weights", "_dir")) and isinstance(value, str) and value):
             continue
@@ -83,6 +86,11 @@ def check_paths(config: MethodConfig) -> None:
             continue
         if not Path(value).exists():
             raise ConfigError(f"config key {key!r}: {value} does not exist; expected a path on this machine")
+    for key, arch_key in config.BACKBONE_WEIGHTS.items():
+        try:
+            check_weights(getattr(config, arch_key), getattr(config, key))
+        except BackboneWeightsError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from None
 
 
 def check_inputs(job: TrainJob) -> None:
