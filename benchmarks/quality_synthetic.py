@@ -5,6 +5,11 @@
     # writes benchmarks/results/<method>_synthetic.json unless --out is given
     # --rescore NAME:KEY=VALUE[;KEY=VALUE] (repeatable): also the test AUROCs of each trained
     # model under score-only settings (MethodConfig.SCORE_ONLY), from one cached forward pass
+
+Beside every method, the same run scores two parameter-free references on the pretrained
+features the presets use (`feature_baselines.py`: patch nearest-neighbour, global Gaussian), so
+each row says what pretrained features give for free (`--no-reference` skips them). Means are
+given over all categories and over the fixed-layout ones (`FIXED_LAYOUT`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from logicad.pipelines.train.checkpoints import load_model
 from logicad.pipelines.train.driver import TrainJob, ensure_ray, run_train
 from logicad.pipelines.tune.score_only import cache_parts, score_setting
 
+from feature_baselines import reference_metrics
+
+#: the synthetic categories whose rules fix where each part sits (screw_bag's layout is random)
+FIXED_LAYOUT = ("parts_box", "bottle_label", "screw_kit")
 COLUMNS = ("image_auroc_logical", "image_auroc_structural", "image_auroc", "spro_0.05", "pixel_auroc",
            "train_images_per_second", "infer_ms_per_image", "images_per_second_b16", "train_seconds")
 
@@ -72,10 +81,27 @@ def rescored(model_dir: Path, data: Path, category: str, settings: dict[str, dic
     return out
 
 
-def write_result(args: argparse.Namespace, config, rows: dict[str, dict]) -> dict:
-    """The JSON of the categories done so far (their means over those categories)."""
+def means(rows: dict[str, dict], keys: tuple[str, ...] = COLUMNS[:5]) -> dict[str, float | None]:
+    """Mean of each key over the rows that have it (None where none has)."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows.values() if r.get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def write_result(args: argparse.Namespace, config, rows: dict[str, dict], references: dict[str, dict]) -> dict:
+    """The JSON of the categories done so far (their means over those categories), with the
+    references' rows and means beside the method's."""
+    fixed = {k: r for k, r in rows.items() if k in FIXED_LAYOUT}
+    reference_means = {name: {"mean": means({c: r[name] for c, r in references.items()}),
+                              "mean_fixed_layout": means({c: r[name] for c, r in references.items()
+                                                          if c in FIXED_LAYOUT})}
+                       for name in next(iter(references.values()), {})}
     result = {"method": args.method, "preset": args.preset, "config": config.to_dict(), "categories": rows,
-              "mean": {k: sum(r[k] for r in rows.values()) / len(rows) for k in COLUMNS[:5]},
+              "mean": means(rows), "mean_fixed_layout": means(fixed) if fixed else None,
+              "references": {"backbone": "tf_efficientnet_lite0 + imagenet-lite0", "image_size": args.reference_size,
+                             "categories": references, **reference_means},
               "peak_rss_gb_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
               "torch_threads": torch.get_num_threads()}
     out = Path(args.out or f"benchmarks/results/{args.method}_synthetic.json")
@@ -92,10 +118,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--rescore", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]")
+    parser.add_argument("--no-reference", action="store_true", help="skip the parameter-free references")
+    parser.add_argument("--reference-size", type=int, default=128, help="image size of the references")
     args = parser.parse_args()
     settings = parse_rescore(args.rescore)
     ensure_ray()
-    rows = {}
+    rows, references = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         make_synthetic(data, SyntheticSpec(seed=0))
@@ -108,15 +136,23 @@ def main() -> None:
             record["images_per_second_b16"] = images_per_second_b16(Path(record["run_dir"]) / "model", data, category)
             rows[category] = {k: record.get(k) for k in COLUMNS}
             rows[category]["rescored"] = rescored(Path(record["run_dir"]) / "model", data, category, settings)
-            result = write_result(args, config, rows)  # after every category: a cut-off run keeps what it did
+            if not args.no_reference:
+                references[category] = reference_metrics(data, category, args.reference_size)
+            result = write_result(args, config, rows, references)  # after every category: a cut-off run keeps it
     print(" | ".join(["category", *COLUMNS]))
     for name, row in rows.items():
         print(" | ".join([name, *(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in COLUMNS)]))
+        for ref, metrics in references.get(name, {}).items():
+            print(" | ".join([f"  {ref}", *(f"{metrics.get(k):.3f}" if isinstance(metrics.get(k), float) else "-"
+                                            for k in COLUMNS)]))
     for name, row in rows.items():
         for label, aurocs in row["rescored"].items():
             print(f"{name} rescored {label}: logical {aurocs['image_auroc_logical']:.3f} "
                   f"structural {aurocs['image_auroc_structural']:.3f}")
-    print(json.dumps(result["mean"], indent=2))
+    print(json.dumps({k: result[k] for k in ("mean", "mean_fixed_layout")}, indent=2))
+    references_out = result["references"]
+    print(json.dumps({name: references_out[name] for name in ("patch_nn", "global_gaussian") if name in references_out},
+                     indent=2))
 
 
 if __name__ == "__main__":
