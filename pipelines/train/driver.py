@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logicad.data import load_defects, scan, check_ground_truth
-from logicad.models.backbones import SHIPPED, BackboneWeightsError, check_weights
+from logicad.models.backbones import SHIPPED, BackboneWeightsError, check_weights, describe_source
 from logicad.models.base import ConfigError, MethodConfig
 
 from ..registry import tracking
@@ -188,13 +188,22 @@ def resolve_gpus(job: TrainJob) -> GpuDecision:
     return decision
 
 
+def feature_sources(config: MethodConfig) -> str:
+    """Where each timm backbone's weights come from ("tf_efficientnet_lite0: imagenet-lite0 (ImageNet,
+    pip ...)"), "; "-joined; "" for a method without one. Printed in the plan, an MLflow param."""
+    return "; ".join(f"{getattr(config, arch)}: {describe_source(getattr(config, key))}"
+                     for key, arch in config.BACKBONE_WEIGHTS.items())
+
+
 def plan_line(job: TrainJob, gpus: GpuDecision) -> str:
     """What is about to run, before it runs."""
     c = job.config
     device = f"{gpus.per_unit:g} GPU per worker" if gpus.use_gpu else "CPU"
+    features = feature_sources(c)
     return (f"plan: {job.method} for {c.max_steps} steps at {c.image_size} px, batch {c.batch_size} x "
             f"{job.workers} worker(s), precision {c.precision}, on {device}" +
-            (f" (preset {job.preset})" if job.preset else " (no preset: the paper's settings)"))
+            (f" (preset {job.preset})" if job.preset else " (no preset: the paper's settings)") +
+            (f"; backbone weights {features}" if features else ""))
 
 
 def plan_tags(job: TrainJob, gpus: GpuDecision) -> dict[str, str]:
@@ -245,7 +254,8 @@ def run_train(job: TrainJob) -> dict[str, Any]:
     ensure_ray()
     gpus = resolve_gpus(job)
     params = {**flatten("", job.config.to_dict()), "method": job.method, "dataset": job.dataset,
-              "category": job.category, "workers": job.workers, "preset": job.preset or "none"}
+              "category": job.category, "workers": job.workers, "preset": job.preset or "none",
+              "backbone_sources": feature_sources(job.config) or "none"}
     plan = plan_tags(job, gpus)
     print(plan_line(job, gpus), flush=True)
     run_id = tracking.start_run(uri, job.experiment, run_name, params,
