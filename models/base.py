@@ -15,6 +15,7 @@ through the same life cycle:
     method.finalize(loader_of(method.finalize_split), collective)
     maps = method.anomaly_map(images)             # B x 1 x H x W at input size
     scores = method.image_score(maps)             # B
+    maps, scores = method.score(images)           # both: what evaluate / predict / serving call
 
 Several objectives from one forward (FOD's minimax pair, a GAN's generator and
 discriminator losses) are expressed as one summed `loss` whose stop-gradients route
@@ -260,6 +261,20 @@ class Method(nn.Module):
     def image_score(self, maps: torch.Tensor) -> torch.Tensor:
         """B x 1 x H x W maps -> B image scores (default: the map's maximum)."""
         return maps.flatten(1).amax(dim=1)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B x 1 x H x W maps, B image scores): what evaluation, prediction and serving call.
+        Default `image_score(anomaly_map(images))`; a method whose image score is not a function
+        of its map (a fusion of members' own scores) overrides this and `scores_from_parts`."""
+        maps = self.anomaly_map(images)
+        return maps, self.image_score(maps)
+
+    @torch.no_grad()
+    def scores_from_parts(self, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps, image scores) from cached `score_parts` under the current config (score-only sweeps)."""
+        maps = self.maps_from_parts(parts)
+        return maps, self.image_score(maps)
 
     @torch.no_grad()
     def score_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
