@@ -142,7 +142,11 @@ def _own_code(fn: Callable, name: str) -> Callable:
 
 
 def _score_function(method: Method, maps_fn: MapsFn):
+    own = type(method).score is not Method.score  # its image score is not a function of its map
+
     def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if own:
+            return method.score(images)
         maps = maps_fn(images)
         return maps, method.image_score(maps)
 
@@ -150,10 +154,9 @@ def _score_function(method: Method, maps_fn: MapsFn):
 
 
 def eager_scores(method: Method, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(maps, scores) from the method's own `anomaly_map` and `image_score`, inference mode."""
+    """(maps, scores) from the method's own `score` (`anomaly_map` and `image_score`), inference mode."""
     with torch.inference_mode():
-        maps = method.anomaly_map(images)
-        return maps, method.image_score(maps)
+        return method.score(images)
 
 
 class Scorer:
