@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ def distill_teacher(
     norm_batches: int = 100,
     seed: int = 0,
     log_every: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[PDNSmall, list[float]]:
     """Train a PDN-S teacher to regress backbone features; (teacher in eval mode, loss per step).
 
@@ -125,7 +126,8 @@ def distill_teacher(
     re-iterable (a list or DataLoader) when `steps` exceeds one pass. Each batch is resized
     to `image_size` for the PDN and, from its own resolution, to `backbone_image_size`
     (default 2 x image_size, as in EfficientAD) for the backbone: give batches at
-    >= backbone_image_size so the backbone sees full detail.
+    >= backbone_image_size so the backbone sees full detail. `on_step(step, loss)` is called
+    after every step (1-based), e.g. for a console progress line with an ETA.
     """
     from .backbones import create_backbone
 
@@ -155,6 +157,8 @@ def distill_teacher(
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, history[-1])
         if log_every and (step + 1) % log_every == 0:
             log.info("distill %s: step %d/%d loss %.4f", backbone, step + 1, steps, history[-1])
     teacher.eval()

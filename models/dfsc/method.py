@@ -24,6 +24,7 @@ from ..pdn import pdn_output_size
 from . import loss as L
 from . import scoring
 from .augment import IMAGENET_MEAN, IMAGENET_STD, colour_jitter
+from .backbone_teacher import BackboneTeacher
 from .network import AE_NORMS, Autoencoder, PDNSmall, decoder_sizes
 from .sparse_grad import sparse_grad_conv2d
 from .teacher_cache import TeacherCache
@@ -68,12 +69,27 @@ class DFSCConfig(MethodConfig):
     warmup_beta2: float = 0.997
     #: the last fraction of steps runs at lr x 0.1
     lr_drop_fraction: float = 0.1
+    #: teacher width (PDN-S); a backbone teacher's width is its levels' channels, pooled down
+    #: to out_channels only where that is smaller
     out_channels: int = 384
     #: quantiles of normal validation maps used to normalise map_st and map_ae
     map_q_low: float = 0.9
     map_q_high: float = 0.995
-    #: teacher file (distill-teacher output or a PDN-S state dict); "" = random-init teacher
+    #: the teacher: "pdn" (EfficientAD's PDN-S, the paper's) or "backbone" (the frozen pretrained
+    #: `teacher_backbone` itself: its features at `teacher_strides` are the target)
+    teacher: str = "pdn"
+    #: teacher="pdn": teacher file (distill-teacher output or a PDN-S state dict); "" = random init
     teacher_weights: str = ""
+    #: teacher="backbone": any timm features_only model and its weights (a shipped source such as
+    #: "imagenet-lite0", a file, "hub"; "" = random init)
+    teacher_backbone: str = "tf_efficientnet_lite0"
+    teacher_backbone_weights: str = "imagenet-lite0"
+    #: teacher="backbone": feature strides concatenated (tf_efficientnet_lite0: 8 -> 40, 16 -> 112 channels)
+    teacher_strides: tuple[int, ...] = (8, 16)
+    #: teacher="backbone": the backbone's input size; 0 = 2 x image_size (EfficientAD's distillation)
+    teacher_backbone_size: int = 0
+    #: teacher="backbone": k x k average pooling of each level (EfficientAD's distillation target: 3)
+    teacher_pool: int = 3
     #: folder of ImageNet-style images for EfficientAD's penalty; "" = off (DFSC drops it)
     penalty_dir: str = ""
     penalty_weight: float = 1.0
@@ -117,7 +133,9 @@ class DFSCConfig(MethodConfig):
         "map_norm": scoring.MAP_NORMS,
         "branches": scoring.BRANCHES,
         "ae_augment": ("none", "efficientad"),
+        "teacher": ("pdn", "backbone"),
     }
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"teacher_backbone_weights": "teacher_backbone"}
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_norm", "branches")
 
     def validate(self) -> None:
@@ -139,8 +157,16 @@ class DFSCConfig(MethodConfig):
             ("map_q_high", self.map_q_low < self.map_q_high <= 1.0, "in (map_q_low, 1]"),
             ("penalty_weight", self.penalty_weight >= 0, ">= 0"),
             ("teacher_cache_mb", self.teacher_cache_mb >= 0, ">= 0"),
+            ("teacher_strides", len(self.teacher_strides) > 0 and all(s > 0 for s in self.teacher_strides),
+             "one or more strides > 0"),
+            ("teacher_backbone_size", self.teacher_backbone_size >= 0, ">= 0"),
+            ("teacher_pool", self.teacher_pool >= 0 and self.teacher_pool % 2 == 1 or self.teacher_pool == 0,
+             "0 (off) or odd"),
         ]
         self.check(checks)
+        if self.teacher == "backbone" and self.teacher_weights:
+            raise ConfigError("config key 'teacher_weights' is a PDN-S teacher file; with teacher='backbone' the "
+                              "teacher is teacher_backbone (weights: teacher_backbone_weights)")
 
 
 def lr_factor(step: int, steps: int, beta2: float, drop_fraction: float) -> float:
@@ -175,20 +201,23 @@ class DFSC(Method):
         super().__init__(config or DFSCConfig())
         c = self.config
         self.feature_size = pdn_output_size(c.image_size)
-        self.teacher = PDNSmall(c.out_channels)
-        self.student = PDNSmall(2 * c.out_channels)
-        self.autoencoder = Autoencoder(c.image_size, c.out_channels, norm=c.ae_norm, extra_relu=c.ae_extra_relu)
+        self.teacher = self._build_teacher()
+        #: the teacher's output channels C: the student has 2C, the autoencoder C
+        self.channels = self.teacher.out_channels
+        self.student = PDNSmall(2 * self.channels)
+        self.autoencoder = Autoencoder(c.image_size, self.channels, norm=c.ae_norm, extra_relu=c.ae_extra_relu)
         self.student_ema = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False).eval()
         self.student_ema.requires_grad_(False)
-        self.register_buffer("teacher_mean", torch.zeros(c.out_channels))
-        self.register_buffer("teacher_std", torch.ones(c.out_channels))
+        self.register_buffer("teacher_mean", torch.zeros(self.channels))
+        self.register_buffer("teacher_std", torch.ones(self.channels))
         self.register_buffer("prepared", torch.tensor(False))
         self.register_buffer("q_st", torch.tensor([0.0, 1.0]))
         self.register_buffer("q_ae", torch.tensor([0.0, 1.0]))
         self.register_buffer("finalized", torch.tensor(False))
         self.cache = TeacherCache(c.teacher_cache_mb * 2**20)
-        self._teacher_info = "random init (no teacher weights: --set teacher_weights=PATH)"
+        self._teacher_info = self._backbone_info() if c.teacher == "backbone" else \
+            "random init (no teacher weights: --set teacher_weights=PATH, or --set teacher=backbone)"
         self._teacher_error: str | None = None
         self._penalty: PenaltyImages | None = None
         self._augment_generator = torch.Generator().manual_seed(c.seed)
@@ -197,6 +226,23 @@ class DFSC(Method):
             self._load_teacher(c.teacher_weights)
 
     # --- teacher ----------------------------------------------------------------------
+    def _build_teacher(self) -> nn.Module:
+        """PDN-S (C = out_channels) or the frozen pretrained backbone; B x 3 x S x S -> B x C x P x P."""
+        c = self.config
+        if c.teacher == "pdn":
+            return PDNSmall(c.out_channels)
+        try:
+            return BackboneTeacher(c.teacher_backbone, c.teacher_backbone_weights, c.image_size, self.feature_size,
+                                   c.teacher_strides, c.teacher_backbone_size, c.teacher_pool, c.out_channels)
+        except ValueError as exc:  # a stride the backbone does not have
+            raise ConfigError(f"config key 'teacher_strides': {exc}") from None
+
+    def _backbone_info(self) -> str:
+        c, t = self.config, self.teacher
+        return (f"frozen {c.teacher_backbone} ({t.source}), strides {list(t.strides)} at {t.backbone_size} px, "
+                f"{c.teacher_pool}x{c.teacher_pool} average pooled, resized to {self.feature_size}x"
+                f"{self.feature_size}: {self.channels} channels")
+
     def _load_teacher(self, path: str) -> None:
         from ..distill import read_teacher_file
 
@@ -250,7 +296,7 @@ class DFSC(Method):
         """Teacher channel mean/std over the training images (sums all-reduced)."""
         if self._teacher_error:
             raise FileNotFoundError(self._teacher_error)
-        c = self.config.out_channels
+        c = self.channels
         device = self.teacher_mean.device
         total = torch.zeros(2 * c + 1, dtype=torch.float64, device=device)
         self.teacher.eval()
@@ -306,8 +352,8 @@ class DFSC(Method):
         if penalty is not None:
             penalty_images = self._input(self._penalty_batch(penalty, images))
             conv4 = self.student.conv4  # only S_st is penalised: skip the other half of the last conv
-            s_st = F.conv2d(self._student_trunk(penalty_images), conv4.weight[: c.out_channels],
-                            conv4.bias[: c.out_channels])
+            s_st = F.conv2d(self._student_trunk(penalty_images), conv4.weight[: self.channels],
+                            conv4.bias[: self.channels])
             l_penalty = L.penalty_loss(s_st.float())
             loss = loss + c.penalty_weight * l_penalty
             out["l_penalty"] = l_penalty
@@ -337,7 +383,7 @@ class DFSC(Method):
         last conv is split by output half: S_st's gradient comes only from L_hard's 0.1%
         of elements, so its backward uses `sparse_grad_conv2d` (same gradients).
         """
-        c, b = self.config.out_channels, images.shape[0]
+        c, b = self.channels, images.shape[0]
         same = images_ae is None or images_ae is images
         x = self._student_trunk(images if same else torch.cat([images, images_ae]))
         x_st, x_ae = (x, x) if same else (x[:b], x[b:])

@@ -24,7 +24,7 @@ def cmd_distill_teacher(args: argparse.Namespace) -> int:
     from logicad.models.distill import distill_teacher, save_teacher
 
     from ..cli import synthetic_default
-    from .progress import format_seconds
+    from .progress import Progress, format_seconds
 
     root = Path(args.images) if args.images else synthetic_default()[0]
     dataset = image_folder_dataset(root, 2 * args.image_size, args.max_images)
@@ -33,8 +33,11 @@ def cmd_distill_teacher(args: argparse.Namespace) -> int:
     print(f"distilling a PDN-S teacher from {args.backbone} on {len(dataset)} images of {root} "
           f"for {args.steps} steps on {device}", flush=True)
     start = time.perf_counter()
+    progress = Progress("distill-teacher", args.steps)
+    every = args.log_every or max(args.steps // 20, 1)
     teacher, history = distill_teacher(loader, args.backbone, args.backbone_weights, args.steps, args.image_size,
-                                       device=device, log_every=max(args.steps // 20, 1))
+                                       device=device, on_step=lambda step, loss: progress.update(
+                                           step, {"loss": loss}, every))
     path = save_teacher(args.out, teacher, {"images": str(root)})
     print(f"teacher written to {path} (final loss {history[-1]:.4f}, "
           f"{format_seconds(time.perf_counter() - start)}); use it with --set teacher_weights={path}")
@@ -45,11 +48,13 @@ def add_distill_teacher(sub) -> None:
     p = sub.add_parser("distill-teacher", help="distil a PDN-S teacher for DFSC from a timm backbone")
     p.add_argument("--images", default=None, help="folder of images, searched recursively (default: synthetic)")
     p.add_argument("--backbone", default="wide_resnet101_2", help="any timm model with features_only")
-    p.add_argument("--backbone-weights", default=None, help="local weight file, or 'hub' (default: random init)")
+    p.add_argument("--backbone-weights", default=None, help="a shipped source (imagenet-lite0), a local weight file, or 'hub' (default: random init)")
     p.add_argument("--steps", type=int, default=60000)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int, default=20000)
     p.add_argument("--out", "--output", dest="out", default="teacher.pth")
+    p.add_argument("--log-every", type=int, default=0,
+                   help="print step, loss and ETA every N steps (default: 20 lines per run)")
     p.add_argument("--cpu", action="store_true")
     p.set_defaults(func=cmd_distill_teacher)
