@@ -238,6 +238,7 @@ def test_simulation_keys_are_the_views_options_with_the_same_defaults():
     ({"image_size": 100}, "'image_size'"),
     ({"gpt_init": "imagenet"}, "'gpt_weights'"),
     ({"gpt_init": "coco"}, "'gpt_init'"),
+    ({"encoder": "vgg16"}, "'encoder'"),
     ({"foreground": "magic"}, "'foreground'"),
     ({"p_logical": -0.1}, "'p_logical'"),
     ({"logical_sources": "other,teleport"}, "'logical_sources'"),
@@ -260,8 +261,73 @@ def test_a_missing_imagenet_weights_file_fails_before_training_naming_it(tmp_pat
 
 def test_cpu_synthetic_preset_is_not_the_default():
     preset = SLSGConfig.build(preset="cpu-synthetic")
-    assert preset.image_size == 64 and SLSGConfig().image_size == 256
+    assert preset.image_size < 256 and SLSGConfig().image_size == 256
+    assert SLSGConfig().encoder == "resnet18" and preset.encoder == "tf_efficientnet_lite0"
     assert sum(preset.stage_steps()) <= preset.max_steps
+
+
+# ---------------------------------------------------------------------------- encoders
+LITE0 = dict(encoder="tf_efficientnet_lite0", gpt_init="imagenet", gpt_weights="imagenet-lite0")
+
+
+def test_cpu_synthetic_preset_builds_with_the_shipped_imagenet_lite0_weights():
+    from logicad.models.backbones import read_weights
+
+    config = SLSGConfig.build(preset="cpu-synthetic")
+    model = build_method("slsg", config)
+    imagenet = read_weights("tf_efficientnet_lite0", "imagenet-lite0")
+    encoder = model.encoder.body.state_dict()
+    assert "imagenet-lite0" in model.encoder.source
+    assert encoder and all(torch.equal(v, imagenet[k]) for k, v in encoder.items())
+
+
+def test_lite0_encoder_reports_its_levels_and_the_networks_follow_them():
+    model = _model(**LITE0, image_size=64)
+    assert model.encoder.channels == (16, 24, 40, 112) and model.encoder.reductions == (2, 4, 8, 16)
+    with torch.no_grad():
+        feats = model.encoder(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    assert model.segnet.bottleneck.fc1[0].in_channels == 112  # the SG block sits on the stride-16 map
+    model.train()
+    model.start_stage("gpt")
+    gpt = model.training_step({"image": torch.randn(2, 3, 64, 64)}, "gpt")
+    model.start_stage("seg")
+    seg = model.training_step(_seg_batch(2, 64), "seg")
+    assert all(torch.isfinite(v) for v in [*gpt.values(), *seg.values()])
+    assert model.anomaly_map(torch.randn(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_the_default_resnet18_encoder_still_builds_with_random_weights():
+    model = _model()
+    assert model.config.encoder == "resnet18" and model.encoder.source == "random"
+    assert model.encoder.channels == (64, 64, 128, 256, 512)
+    assert model.segnet.bottleneck.fc1[0].in_channels == 512
+
+
+def test_a_saved_lite0_model_reloads_without_reading_weights_and_scores_identically(tmp_path, monkeypatch):
+    from logicad.models import backbones
+    from logicad.pipelines.train.checkpoints import load_model, save_model
+
+    model = _model(**LITE0)
+    model.train()
+    model.start_stage("seg")
+    model.training_step(_seg_batch(2, 64), "seg")  # BatchNorm statistics move off ImageNet's
+    images = torch.randn(2, 3, 64, 64)
+    expected = model.anomaly_map(images)
+    save_model(tmp_path / "model.pt", model)
+    monkeypatch.setattr(backbones, "read_weights", lambda *a, **k: pytest.fail("weights source re-read"))
+    reloaded = load_model(tmp_path / "model.pt")
+    assert reloaded.config.encoder == "tf_efficientnet_lite0"
+    assert torch.equal(reloaded.anomaly_map(images), expected)
+
+
+def test_driver_checks_the_encoder_weights_against_the_encoder_before_ray():
+    from logicad.pipelines.train.driver import check_paths
+
+    assert SLSGConfig.BACKBONE_WEIGHTS == {"gpt_weights": "encoder"}
+    check_paths(SLSGConfig.build(preset="cpu-synthetic"))
+    with pytest.raises(ConfigError, match="gpt_weights.*tf_efficientnet_lite0"):
+        check_paths(SLSGConfig.build({"gpt_init": "imagenet", "gpt_weights": "imagenet-lite0"}))  # on resnet18
 
 
 # ---------------------------------------------------------------------------- Ray

@@ -31,7 +31,7 @@ from ..backbones import BackboneWeightsError
 from ..base import ConfigError, Method, MethodConfig, Stage, register
 from . import loss as L
 from . import scoring
-from .encoder import SLSGEncoder
+from .encoder import ENCODERS, build_encoder
 from .masking import inpainting_masks
 from .network import GPTNet, PatchDiscriminator, SegNet
 
@@ -56,7 +56,11 @@ class SLSGConfig(MethodConfig):
     #: SegNet SGD learning rate (cosine decay to 0 over seg_steps)
     lr: float = 0.04
     # --- encoder
-    #: encoder initialisation: random, or ImageNet weights from `gpt_weights` (a file or "hub")
+    #: encoder architecture: "resnet18" (the paper's, SLSG's forward) or "tf_efficientnet_lite0"
+    #: (ImageNet weights ship with the project: gpt_weights "imagenet-lite0")
+    encoder: str = "resnet18"
+    #: encoder initialisation: random, or ImageNet weights from `gpt_weights` (a shipped source
+    #: such as "imagenet-lite0", a state-dict file of the `encoder` architecture, or "hub")
     gpt_init: str = "random"
     gpt_weights: str = ""
     #: ablation: no GPT-Net pre-training (SegNet on the initial encoder)
@@ -138,14 +142,19 @@ class SLSGConfig(MethodConfig):
             "seg_steps": 300,
             "max_steps": 380,
             "mask_patch_size": 2,
+            "encoder": "tf_efficientnet_lite0",
+            "gpt_init": "imagenet",
+            "gpt_weights": "imagenet-lite0",
         },
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **MethodConfig.CHOICES,
         "gpt_init": ("random", "imagenet"),
+        "encoder": ENCODERS,
         "foreground": ("none", "threshold"),
     }
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("topk",)
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"gpt_weights": "encoder"}
 
     def validate(self) -> None:
         super().validate()
@@ -153,8 +162,9 @@ class SLSGConfig(MethodConfig):
             raise ConfigError(f"config key 'image_size' must be a multiple of 16 (SLSG's bottleneck is "
                               f"image_size / 16), got {self.image_size}")
         if self.gpt_init == "imagenet" and not self.gpt_weights:
-            raise ConfigError("config key 'gpt_weights' is required with gpt_init=imagenet: a local resnet18 "
-                              "state-dict file or 'hub'")
+            raise ConfigError(f"config key 'gpt_weights' is required with gpt_init=imagenet: a shipped source "
+                              f"(imagenet-lite0 for tf_efficientnet_lite0), a local {self.encoder} state-dict "
+                              f"file or 'hub'")
         checks = [
             ("gpt_steps", self.gpt_steps >= 0, ">= 0"),
             ("seg_steps", self.seg_steps >= 1, ">= 1"),
@@ -218,7 +228,7 @@ class SLSGConfig(MethodConfig):
 
 @register
 class SLSG(Method):
-    """ResNet-18 encoder (SLSG's forward), GPT-Net + PatchGAN (stage 1), SegNet with skip
+    """ResNet-18 (SLSG's forward) or another encoder, GPT-Net + PatchGAN (stage 1), SegNet with skip
     attention, the SG block and an auxiliary head (stage 2); scores are softmax anomaly
     probabilities."""
 
@@ -233,17 +243,19 @@ class SLSG(Method):
         self._encoder_error: str | None = None
         weights = c.gpt_weights if c.gpt_init == "imagenet" else None
         try:
-            self.encoder = SLSGEncoder(weights)
+            self.encoder = build_encoder(c.encoder, weights)
             self._encoder_info = ("random init" if self.encoder.source == "random"
-                                  else f"ImageNet resnet18 ({self.encoder.source})")
+                                  else f"ImageNet weights {self.encoder.source}")
         except BackboneWeightsError as exc:
             # not fatal here: a saved model carries its encoder; training without it fails in stages()
-            self.encoder = SLSGEncoder(None)
+            self.encoder = build_encoder(c.encoder, None)
             self._encoder_error = str(exc)
             self._encoder_info = f"ImageNet weights unavailable ({exc}); random init unless loaded from a model"
-        self.gpt = GPTNet()
+        enc = self.encoder
+        self.gpt = GPTNet(enc.channels, enc.reductions)
         self.discriminator = PatchDiscriminator()
-        self.segnet = SegNet(c.use_sg_block, c.graph_top_k, c.shared_qk, c.attn_scale, c.pos_subtract)
+        self.segnet = SegNet(c.use_sg_block, c.graph_top_k, c.shared_qk, c.attn_scale, c.pos_subtract,
+                             enc.channels, enc.reductions, enc.attended)
         #: optimizer steps done per stage (gpt, seg): saved with the model, so a resumed run
         #: shows which stages it trained
         self.register_buffer("steps_done", torch.zeros(2, dtype=torch.long))
@@ -372,7 +384,7 @@ class SLSG(Method):
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         """Images on the model's device, in the memory format of its convolutions."""
-        weight = self.encoder.conv1.weight
+        weight = next(self.encoder.parameters())
         images = images.to(weight.device)
         if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
             images = images.contiguous(memory_format=torch.channels_last)
@@ -389,10 +401,13 @@ class SLSG(Method):
         c = self.config
         gpt, seg = c.stage_steps()
         bottleneck = c.image_size // 16
-        lines = [f"encoder: ResNet-18 with SLSG's forward, {self._encoder_info}",
+        enc = self.encoder
+        name = "ResNet-18 with SLSG's forward" if c.encoder == "resnet18" else c.encoder
+        lines = [f"encoder: {name}, {self._encoder_info}; maps {list(enc.channels)} channels at reductions "
+                 f"{list(enc.reductions)}",
                  f"stages: gpt {gpt} steps (batch {c.gpt_batch_size})" + (" [skip_gpt]" if c.skip_gpt else "")
                  + f", seg {seg} steps (batch {c.batch_size} normal + {c.batch_size} simulated)",
-                 f"bottleneck {bottleneck}x{bottleneck} ({bottleneck ** 2} nodes): "
+                 f"bottleneck {enc.channels[-1]} @ {bottleneck}x{bottleneck} ({bottleneck ** 2} nodes): "
                  + (f"SG block, top-{c.graph_top_k} graph, position subtraction {'on' if c.pos_subtract else 'off'}"
                     if c.use_sg_block else "plain U-Net block (no SG block)"),
                  f"simulation: p_logical {c.p_logical}, foreground {c.foreground}, textures "

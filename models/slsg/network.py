@@ -1,7 +1,8 @@
 """SLSG's networks around the shared encoder: GPT-Net's inpainting decoder and auxiliary
 head, the PatchGAN discriminator, and SegNet's skip attention, bottleneck (SG block or a
 plain U-Net block), auxiliary head and decoder. Shapes are for S x S inputs (S = 256 in
-the paper: encoder maps at 128, 128, 64, 32, 16 px)."""
+the paper: encoder maps at 128, 128, 64, 32, 16 px). The networks take any encoder's list of
+maps (channels and reductions as it reports them; the last map is the stride-16 bottleneck)."""
 
 from __future__ import annotations
 
@@ -36,33 +37,65 @@ class UpBlock(nn.Module):
         return self.block(torch.cat([x, *skips], dim=1) if skips else x)
 
 
-class UNetDecoder(nn.Module):
-    """Four up-blocks with the encoder skips, then a 3x3 conv to `out_channels` at S x S.
+#: decoder width at reduction r: 32 r (ResNet-18: 256 @ S/8, 128 @ S/4, 64 @ S/2, 32 @ S)
+WIDTH_PER_REDUCTION = 32
+#: reductions whose up-block also takes the auxiliary features (SegNet's 64 and 128 px at 256)
+EXTRA_REDUCTIONS = (4, 2)
 
-    Inputs: the bottleneck (512 @ S/16) and skips [layer3 256 @ S/8, layer2 128 @ S/4,
-    layer1 64 @ S/2 + stem 64 @ S/2]; `extra` channels (SegNet's 32-channel auxiliary
-    features, upsampled) join the S/4 and S/2 blocks.
+
+def halvings(reduction: int) -> list[int]:
+    """The up-blocks' output reductions from a bottleneck at `reduction`: 16 -> [8, 4, 2, 1]."""
+    if reduction < 2 or reduction & (reduction - 1):
+        raise ValueError(f"the bottleneck reduction must be a power of 2 >= 2, got {reduction}")
+    out = []
+    while reduction > 1:
+        reduction //= 2
+        out.append(reduction)
+    return out
+
+
+class UNetDecoder(nn.Module):
+    """One up-block per halving from the bottleneck to S x S, each joined by the encoder skips
+    at its reduction (deepest first), then a 3x3 conv to `out_channels`.
+
+    skip_channels / skip_reductions: the skips' channels and reductions in encoder order.
+    ResNet-18: bottleneck 512 @ S/16, skips [stem 64 @ S/2, layer1 64 @ S/2, layer2 128 @ S/4,
+    layer3 256 @ S/8]: blocks 512 -> 256 (+ layer3) -> 128 (+ layer2) -> 64 (+ layer1, stem)
+    -> 32. `extra` channels (SegNet's 32-channel auxiliary features, upsampled) join the S/4
+    and S/2 blocks. Widths are 32 x reduction whatever the encoder.
     """
 
-    def __init__(self, out_channels: int, extra: int = 0) -> None:
+    def __init__(self, out_channels: int, bottleneck_channels: int, skip_channels: tuple[int, ...],
+                 skip_reductions: tuple[int, ...], bottleneck_reduction: int = 16, extra: int = 0) -> None:
         super().__init__()
         self.extra = extra
-        self.up3 = UpBlock(512, 256, 256)
-        self.up2 = UpBlock(256, 128, 128 + extra)
-        self.up1 = UpBlock(128, 64, 128 + extra)
-        self.up0 = UpBlock(64, 32, 0)
-        self.head = nn.Conv2d(32, out_channels, 3, padding=1)
+        self.levels = halvings(bottleneck_reduction)
+        stray = set(skip_reductions) - set(self.levels)
+        if stray:
+            raise ValueError(f"skips at reductions {sorted(stray)} fall between no decoder levels {self.levels}")
+        #: per level, the skip indices joined there (deepest encoder map first)
+        self.joins = [[i for i in reversed(range(len(skip_reductions))) if skip_reductions[i] == r]
+                      for r in self.levels]
+        blocks, cin = [], bottleneck_channels
+        for r, join in zip(self.levels, self.joins):
+            cout = WIDTH_PER_REDUCTION * r
+            more = extra if r in EXTRA_REDUCTIONS else 0
+            blocks.append(UpBlock(cin, cout, sum(skip_channels[i] for i in join) + more))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(cin, out_channels, 3, padding=1)
 
     def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor], size,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
         """-> B x out_channels x size."""
-        l3, l2, l1, stem = skips
-        x = self.up3(bottleneck, [l3], l3.shape[-2:])
-        more = [] if extra is None else [upsample(extra, l2.shape[-2:])]
-        x = self.up2(x, [l2, *more], l2.shape[-2:])
-        more = [] if extra is None else [upsample(extra, l1.shape[-2:])]
-        x = self.up1(x, [l1, stem, *more], l1.shape[-2:])
-        return self.head(self.up0(x, [], size))
+        x = bottleneck
+        for r, join, block in zip(self.levels, self.joins, self.blocks):
+            parts = [skips[i] for i in join]
+            at = tuple(parts[0].shape[-2:]) if parts else (size[0] // r, size[1] // r)
+            if extra is not None and r in EXTRA_REDUCTIONS:
+                parts.append(upsample(extra, at))
+            x = block(x, parts, at)
+        return self.head(x)
 
 
 class ReconstructionHead(nn.Module):
@@ -148,37 +181,44 @@ class SegAuxHead(nn.Module):
 
 
 class GPTNet(nn.Module):
-    """Stage 1 heads on the encoder: inpainting decoder (3 channels) + auxiliary reconstruction."""
+    """Stage 1 heads on the encoder: inpainting decoder (3 channels) + auxiliary reconstruction.
+    channels / reductions: the encoder's maps (the last is the bottleneck)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, ...] = (64, 64, 128, 256, 512),
+                 reductions: tuple[int, ...] = (2, 2, 4, 8, 16)) -> None:
         super().__init__()
-        self.decoder = UNetDecoder(3)
-        self.aux = ReconstructionHead()
+        self.decoder = UNetDecoder(3, channels[-1], tuple(channels[:-1]), tuple(reductions[:-1]), reductions[-1])
+        self.aux = ReconstructionHead(channels[-1])
 
     def forward(self, feats: list[torch.Tensor], size) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder maps -> (reconstruction, auxiliary reconstruction), both B x 3 x S x S."""
-        stem, l1, l2, l3, l4 = feats
-        return self.decoder(l4, [l3, l2, l1, stem], size), self.aux(l4, size)
+        *skips, bottleneck = feats
+        return self.decoder(bottleneck, skips, size), self.aux(bottleneck, size)
 
 
 class SegNet(nn.Module):
-    """Stage 2 heads on the (frozen) encoder: skip attention on layer1-3, the bottleneck
-    (SG block or plain), the auxiliary head, and the decoder. Final logits = decoder logits +
-    auxiliary logits."""
+    """Stage 2 heads on the (frozen) encoder: skip attention on the `attended` skips (ResNet:
+    layer1-3), the bottleneck (SG block or plain), the auxiliary head, and the decoder. Final
+    logits = decoder logits + auxiliary logits. channels / reductions: the encoder's maps."""
 
     def __init__(self, use_sg_block: bool = True, k: int = 9, shared_qk: bool = True, attn_scale: bool = True,
-                 pos_subtract: bool = True) -> None:
+                 pos_subtract: bool = True, channels: tuple[int, ...] = (64, 64, 128, 256, 512),
+                 reductions: tuple[int, ...] = (2, 2, 4, 8, 16),
+                 attended: tuple[bool, ...] = (False, True, True, True)) -> None:
         super().__init__()
-        self.attn1, self.attn2, self.attn3 = SkipAttention(64), SkipAttention(128), SkipAttention(256)
-        self.bottleneck = (SGBlock(512, k, shared_qk, attn_scale, pos_subtract) if use_sg_block
-                           else PlainBottleneck(512))
-        self.aux = SegAuxHead(512)
-        self.decoder = UNetDecoder(2, extra=SegAuxHead.feature_channels)
+        width = channels[-1]
+        self.attention = nn.ModuleList([SkipAttention(c) if on else nn.Identity()
+                                        for c, on in zip(channels[:-1], attended)])
+        self.bottleneck = (SGBlock(width, k, shared_qk, attn_scale, pos_subtract) if use_sg_block
+                           else PlainBottleneck(width))
+        self.aux = SegAuxHead(width)
+        self.decoder = UNetDecoder(2, width, tuple(channels[:-1]), tuple(reductions[:-1]), reductions[-1],
+                                   extra=SegAuxHead.feature_channels)
 
     def forward(self, feats: list[torch.Tensor], size) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder maps -> (final logits, auxiliary logits), both B x 2 x S x S."""
-        stem, l1, l2, l3, l4 = feats
-        x = self.bottleneck(l4)
+        *skips, bottleneck = feats
+        x = self.bottleneck(bottleneck)
         aux_features, aux_logits = self.aux(x, size)
-        skips = [self.attn3(l3), self.attn2(l2), self.attn1(l1), stem]
+        skips = [attend(s) for attend, s in zip(self.attention, skips)]
         return self.decoder(x, skips, size, aux_features) + aux_logits, aux_logits
