@@ -398,8 +398,58 @@ def add_distill(sub) -> None:
     add_distill_teacher(sub)
 
 
+# --- fuse -------------------------------------------------------------------------------
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from logicad.models.base import ConfigError
+
+    from .registry.tracking import default_tracking_uri, preflight
+    from .tune.fusion import FusionJob, run_fusion
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples {args.num_samples}: expected 1 or more trials")
+    uri = args.tracking_uri or default_tracking_uri()
+    if uri.startswith("http"):
+        preflight(uri)
+    data, category, _ = resolve_data(args)
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
+    record = run_fusion(FusionJob(members, args.dataset, data, category, uri, args.space, args.num_samples,
+                                  args.objective, args.output, args.storage, args.name, not args.no_register))
+    print(f"best fusion ({record['objective']} objective {record['best_objective']:.4f}, {record['trials']} "
+          f"settings, no member retrained): {record['best_params']}")
+    for ref, aurocs in record["members"].items():
+        print(f"  member {ref}: image_auroc {aurocs['image_auroc']:.3f} (logical "
+              f"{aurocs['image_auroc_logical']:.3f}, structural {aurocs['image_auroc_structural']:.3f}) on test")
+    print_headline(record)
+    if record.get("model_uri"):
+        print(f"registered as {record['model_uri']}")
+    print(f"results in {record['run_dir']}")
+    return 0
+
+
+def add_fuse(sub) -> None:
+    p = sub.add_parser("fuse", help="fuse registered models of one category into one registered model "
+                                    "(score-only Ray Tune sweep of the rule and weights)")
+    p.add_argument("--members", required=True, metavar="URI,URI,...",
+                   help="two or more models: models:/NAME/VERSION, models:/NAME@ALIAS (pinned to its version), "
+                        "runs:/ID/model, or model folders")
+    _data_args(p)
+    p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/fusion.yaml)")
+    p.add_argument("--num-samples", type=int, default=None, help="settings tried (default: the space's budget)")
+    p.add_argument("--objective", default=None, choices=("synthetic", "test"),
+                   help="synthetic (leak-free, default: validation normals vs synthesised anomalies) or test "
+                        "(tunes on the test split; recorded as such)")
+    p.add_argument("--storage", default="ray_results", help="where Ray Tune writes the sweep")
+    p.add_argument("--name", default=None, help="the fusion run's name (default fusion-<category>-<time>)")
+    p.add_argument("--out", "--output", dest="output", default="outputs/fusion",
+                   help="output root: <out>/<category>/<name>/ (metrics.json, fusion.yaml, model/)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--no-register", action="store_true", help="log the run but register no model version")
+    p.set_defaults(func=cmd_fuse)
+
+
 COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill,
-                                  add_tune, add_promote, add_predict)
+                                  add_tune, add_fuse, add_promote, add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

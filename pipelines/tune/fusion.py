@@ -1,0 +1,227 @@
+"""`logicad fuse`: registered models of one category fused into one registered model.
+
+1. Every member reference is pinned to an exact version (`models:/NAME@champion` ->
+   `models:/NAME/3`) and loaded; one that cannot be loaded, or that was evaluated on another
+   category, fails in one line naming it, before any scoring.
+2. The fusion (`logicad.models.fusion`) copies the members' weights and statistics, and fits
+   each member's normalisation on the validation normals.
+3. A score-only Ray Tune sweep (`score_only.run_score_only_sweep`) searches the rule, the
+   normalisation and the member weights on the members' cached outputs: every member scores
+   the objective images once; trials only combine them. The objective is leak-free by default
+   (validation normals vs anomalies synthesised from them); `--objective test` reads the test
+   split and is recorded as such.
+4. The best fusion is evaluated on the test split, saved, logged to MLflow with each member's
+   test AUROCs beside its own, and registered as `logicad-fusion-<category>`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from logicad.data import load_split
+from logicad.models.base import ConfigError, Method
+from logicad.models.fusion import Fusion
+
+from ..evaluate.metrics import image_aurocs
+from ..evaluate.scoring import evaluate_to_dir
+from ..registry import tracking
+from ..train.checkpoints import MODEL_FILE, ModelFileError, save_model
+from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep
+from .search_space import SPACES_DIR, SearchSpace, load_space
+
+DEFAULT_SPACE = SPACES_DIR / "fusion.yaml"
+#: per-member weight levels of the default weights grid
+WEIGHT_LEVELS = (0.0, 0.5, 1.0)
+
+
+@dataclass
+class FusionJob:
+    members: list[str]
+    dataset: str
+    data_root: str
+    category: str | None
+    tracking_uri: str
+    space: str | None = None
+    num_samples: int | None = None
+    objective: str | None = None
+    output_dir: str = "outputs/fusion"
+    storage_path: str = "ray_results"
+    name: str | None = None
+    register: bool = True
+
+
+# --- members -----------------------------------------------------------------------------
+def pin(ref: str, uri: str) -> str:
+    """`models:/NAME@ALIAS`, `models:/NAME` and `models:/NAME/latest` -> `models:/NAME/VERSION`;
+    run URIs and files pass through (a fusion copies the weights, so they are pinned by value)."""
+    if not ref.startswith("models:/"):
+        return ref
+    import mlflow.tracking
+
+    name, _, version = ref.removeprefix("models:/").partition("/")
+    name, at, alias = name.partition("@")
+    client = mlflow.tracking.MlflowClient(uri)
+    try:
+        if at:
+            version = client.get_model_version_by_alias(name, alias).version
+        elif version.strip("/") in ("", "latest"):
+            version = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+    except Exception as exc:  # RestException, MlflowException, ValueError of an empty max
+        raise ModelFileError(f"fusion member {ref}: not found in the registry at {uri} "
+                             f"({exc.__class__.__name__})") from None
+    return f"models:/{name}/{str(version).strip('/')}"
+
+
+def member_category(ref: str, uri: str) -> str | None:
+    """The category a member was evaluated on (its version's tag, or its run folder's record)."""
+    if ref.startswith("models:/"):
+        import mlflow.tracking
+
+        name, _, version = ref.removeprefix("models:/").partition("/")
+        return mlflow.tracking.MlflowClient(uri).get_model_version(name, version).tags.get("category") or None
+    path = Path(ref)
+    record = (path if path.is_dir() else path.parent) / "metrics.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("category")
+    return None
+
+
+def load_members(refs: list[str], uri: str, category: str | None) -> list[tuple[str, Method]]:
+    """(pinned ref, method) per member; one line naming the member that cannot be used."""
+    from ..registry.pyfunc import check_store_exists, load_method_any
+
+    if len(refs) < 2:
+        raise ConfigError(f"--members: a fusion needs two members or more, got {refs}")
+    members = []
+    for ref in refs:
+        pinned = pin(ref, uri)
+        try:
+            if ":/" in pinned and not Path(pinned).exists():
+                check_store_exists(pinned, uri)
+            method = load_method_any(pinned)
+        except ModelFileError as exc:
+            raise ModelFileError(f"fusion member {ref}: {exc}") from None
+        trained_on = member_category(pinned, uri)
+        if category and trained_on and trained_on != category:
+            raise ConfigError(f"fusion member {ref} was evaluated on category {trained_on!r}, not {category!r}; "
+                              "a fusion combines models of one category")
+        members.append((pinned, method))
+    return members
+
+
+# --- the sweep ---------------------------------------------------------------------------
+def weight_grid(count: int, levels: tuple[float, ...] = WEIGHT_LEVELS) -> list[str]:
+    """Every weight vector over `levels` for `count` members, not all zero, as "w0,w1,..."."""
+    return [",".join(f"{w:g}" for w in ws) for ws in itertools.product(levels, repeat=count) if any(ws)]
+
+
+def fusion_space(path: str | None, fusion: Fusion) -> SearchSpace:
+    """The space file (default tune_spaces/fusion.yaml), with the member-weight grid added
+    when the file does not search `weights` itself; score-only keys only."""
+    space = load_space(path or DEFAULT_SPACE, "fusion")
+    if "weights" not in space.space and "weights" not in space.fixed:
+        space.space["weights"] = {"choice": weight_grid(len(fusion.members))}
+    check_score_only(space, fusion, str(path or DEFAULT_SPACE))
+    fusion.config.replace(**{k: v for k, v in space.fixed.items()})  # fixed values fit these members
+    return space
+
+
+def member_aurocs(fusion: Fusion, parts: dict[str, torch.Tensor], kinds: list[str]) -> list[dict[str, Any]]:
+    """Each member's own image AUROCs from cached parts."""
+    return [image_aurocs(parts[f"score_{i}"].numpy(), kinds) for i in range(len(fusion.members))]
+
+
+# --- the whole command ---------------------------------------------------------------------
+def run_fusion(job: FusionJob) -> dict[str, Any]:
+    """Pin and load members, fit, sweep, evaluate, save, log and register; the run's record."""
+    members = load_members(job.members, job.tracking_uri, job.category)
+    fusion = Fusion.from_members(members)
+    space = fusion_space(job.space, fusion)
+    objective = job.objective or space.objective
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fusion.to(device)
+    start = time.perf_counter()
+    validation = load_split(job.dataset, job.data_root, job.category, "validation", fusion.config.image_size)
+    fusion.finalize(torch.utils.data.DataLoader(validation, batch_size=fusion.config.batch_size))
+    parts, kinds = cache_parts(fusion, objective_set(fusion, objective, job.dataset, job.data_root, job.category, 0),
+                               device)
+    print(f"fusion of {len(members)} members ({', '.join(r for r, _ in members)}): normalisation fitted on "
+          f"{len(validation)} validation normals, {len(kinds)} {objective}-objective images cached in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    from ..train.driver import ensure_ray
+
+    ensure_ray()
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    name = job.name or f"fusion-{job.category or job.dataset}-{stamp}"
+    num_samples = job.num_samples or space.budget_value("num_samples", 200)
+    results = run_score_only_sweep(fusion, space, parts, kinds, num_samples, job.storage_path, name)
+    best = results.get_best_result(metric=space.metric, mode=space.mode)
+    params = {k: v for k, v in best.config.items() if k in space.space}
+    fusion.config = fusion.config.replace(**{**space.fixed, **params})
+    record = _evaluate_and_save(job, fusion, members, name, objective, best.metrics[space.metric], params,
+                                len(results.get_dataframe()), time.perf_counter() - start)
+    return record
+
+
+def _evaluate_and_save(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], name: str,
+                       objective: str, best_value: float, params: dict[str, Any], trials: int,
+                       seconds: float) -> dict[str, Any]:
+    """Test metrics of the fusion and of each member, the model file, the MLflow run and version."""
+    device = next(fusion.buffers()).device
+    out = Path(job.output_dir) / (job.category or job.dataset) / name
+    model_dir = out / "model"
+    metrics = evaluate_to_dir(fusion, job.dataset, job.data_root, job.category, model_dir, device)
+    test = load_split(job.dataset, job.data_root, job.category, "test", fusion.config.image_size)
+    parts, kinds = cache_parts(fusion, test, device)
+    per_member = {ref: aurocs for (ref, _), aurocs in zip(members, member_aurocs(fusion, parts, kinds))}
+    save_model(model_dir / MODEL_FILE, fusion.cpu(), {"threshold": metrics.get("threshold")})
+    record = {"method": "fusion", "dataset": job.dataset, "category": job.category, **metrics,
+              "members": per_member, "objective": objective, "best_objective": best_value, "best_params": params,
+              "trials": trials, "seconds": round(seconds, 2), "run_dir": str(out)}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
+    (out / "fusion.yaml").write_text(yaml.safe_dump(
+        {"members": [r for r, _ in members], **{k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in fusion.config.to_dict().items() if k != "members"}}))
+    record.update(_track(job, fusion, members, name, objective, record, model_dir))
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _track(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], name: str, objective: str,
+           record: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """One MLflow run (params: pinned members, objective, chosen settings; metrics: test and
+    per-member AUROCs) and, unless told not to, the registered version."""
+    import mlflow
+
+    from ..registry.pyfunc import log_and_register
+    from ..train.driver import data_identity
+
+    uri = job.tracking_uri
+    c = fusion.config
+    params = {"method": "fusion", "members": ",".join(r for r, _ in members), "objective": objective,
+              "norm": c.norm, "rule": c.rule, "weights": ",".join(f"{w:g}" for w in c.member_weights()),
+              "trials": record["trials"], "category": job.category, "dataset": job.dataset}
+    tags = {"logicad.sweep_kind": "fusion", "logicad.objective": objective}
+    run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, name, params, tags)
+    flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for i, (ref, aurocs) in enumerate(record["members"].items()):
+        flat.update({f"member{i}_{k}": v for k, v in aurocs.items() if v is not None})
+    tracking.log_results(uri, run_id, flat, model_dir)
+    out: dict[str, Any] = {"mlflow_run_id": run_id}
+    if job.register:
+        mlflow.set_tracking_uri(uri)
+        registered = tracking.registered_name("fusion", job.category)
+        version_tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": record.get("threshold"),
+                        "members": params["members"], "objective": objective}
+        out.update(model_uri=log_and_register(run_id, model_dir / MODEL_FILE, registered, version_tags),
+                   registered_model=registered)
+    tracking.end_run(uri, run_id)
+    return out
