@@ -23,6 +23,13 @@ each term to its own parameters: the gradients add exactly as separate `backward
 calls would, and DDP all-reduces them once. A stage with several optimizers steps
 each of them after that backward (each owns disjoint parameters).
 
+A method may have no training stage (`stages()` returns []: PatchCore's memory bank, a
+Gaussian of image descriptors): its statistics are all of it, computed in `prepare`/`finalize`
+with the `Collective`. The loop then wraps nothing in DDP (no trainable parameter), steps no
+optimizer, and checks that every worker holds the same state (buffers included) instead of
+the same parameters. A statistic whose size is known only after `prepare` (a subsampled bank)
+is a buffer that `load_state_dict` resizes to the saved one.
+
 Score-only config keys (`MethodConfig.SCORE_ONLY`) change no weight: `score_parts`
 computes the network outputs once, `maps_from_parts` turns cached parts into maps
 under the current config, so a sweep over those keys never retrains.
@@ -221,6 +228,7 @@ class Method(nn.Module):
         """Statistics needed before training (default: none)."""
 
     def stages(self) -> list[Stage]:
+        """The training stages in order; [] for a method that is statistics only."""
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
@@ -324,7 +332,7 @@ def build_method(name: str, config: MethodConfig | None = None, **overrides: Any
     return cls(config)
 
 
-_BUILTIN = ("dfsc", "glcf", "slsg", "fod")
+_BUILTIN = ("dfsc", "glcf", "slsg", "fod", "patchcore", "global_gaussian")
 
 
 def _import_builtin_methods() -> None:

@@ -1,0 +1,104 @@
+"""The frozen pretrained feature extractor both reference methods read, and PatchCore's
+locally aggregated patch features.
+
+Shapes: B images of S x S, level l at stride r_l has C_l channels on an S/r_l x S/r_l grid;
+patch features live on the finest level's h x w grid with C = sum of C_l channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import create_backbone, feature_channels, feature_reductions
+from ..base import ConfigError
+
+
+class FrozenBackbone(nn.Module):
+    """timm feature extractor at the given strides, frozen and always in eval mode (its
+    BatchNorm statistics never move). images B x 3 x S x S -> [B x C_l x S/r_l x S/r_l], float32."""
+
+    def __init__(self, name: str, weights: str, strides: Sequence[int]) -> None:
+        super().__init__()
+        indices = [int(round(math.log2(s))) - 1 for s in strides]
+        if any(i < 0 for i in indices) or any(2 ** (i + 1) != s for i, s in zip(indices, strides)):
+            raise ConfigError(f"config key 'strides' must be powers of two >= 2, got {list(strides)}")
+        try:
+            self.model, self.source = create_backbone(name, weights, out_indices=indices)
+        except IndexError:
+            raise ConfigError(f"config key 'strides': backbone {name} has no levels at strides {list(strides)}") \
+                from None
+        got = feature_reductions(self.model)
+        if got != list(strides):
+            raise ConfigError(f"config key 'strides': backbone {name} gives strides {got} for out_indices "
+                              f"{indices}, wanted {list(strides)}")
+        self.channels: list[int] = feature_channels(self.model)
+        self.strides = list(strides)
+        self.model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        super().train(False)
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        weight = next(self.model.parameters())
+        images = images.to(weight.device)
+        if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+                and not weight.is_contiguous():
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, enabled=False):
+            return [f.float().contiguous() for f in self.model(images)]
+
+
+def fixed_shape_forward(backbone: FrozenBackbone, images: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """`backbone(images)` computed in chunks of exactly `batch` images (the last one padded by
+    repeating its last image, the padding dropped). Kernels may depend on the batch shape (on a
+    CPU a batch of one differs by ~1e-6 from the same image among others), so statistics whose
+    workers batch their shards differently are computed through one shape: N workers then get
+    bit-identical features to one process. [B x 3 x S x S] -> [B x C_l x h_l x w_l]."""
+    outputs: list[list[torch.Tensor]] = []
+    for start in range(0, images.shape[0], batch):
+        chunk = images[start:start + batch]
+        real = chunk.shape[0]
+        if real < batch:
+            chunk = torch.cat([chunk, chunk[-1:].expand(batch - real, *chunk.shape[1:])])
+        outputs.append([f[:real] for f in backbone(chunk)])
+    return [torch.cat(level) for level in zip(*outputs)]
+
+
+def aggregate(levels: list[torch.Tensor], pool_size: int) -> torch.Tensor:
+    """PatchCore's locally aware patch features: every level averaged over its pool_size x
+    pool_size neighbourhood (stride 1, zero padding counted), coarser levels bilinearly resized
+    onto the finest grid, channels concatenated. [B x C_l x h_l x w_l] -> B x C x h x w."""
+    if pool_size > 1:
+        levels = [F.avg_pool2d(f, pool_size, stride=1, padding=pool_size // 2) for f in levels]
+    size = levels[0].shape[-2:]
+    resized = [levels[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                             for f in levels[1:]]
+    return torch.cat(resized, dim=1)
+
+
+def patch_rows(features: torch.Tensor) -> torch.Tensor:
+    """B x C x h x w -> B x (h * w) x C, positions row-major."""
+    b, c, h, w = features.shape
+    return features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def normal_images(batch: dict[str, Any], seen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normal images B' x 3 x S x S, their dataset indices B') of a statistics batch. Indices
+    (batch["index"]) let gathered rows be put back in dataset order; a batch without them is
+    numbered from `seen`."""
+    images = batch["image"]
+    index = batch.get("index")
+    index = torch.as_tensor(index) if index is not None else torch.arange(seen, seen + images.shape[0])
+    index = index.to(images.device).long()
+    if "label" in batch:
+        keep = torch.as_tensor(batch["label"]).to(images.device) == 0
+        images, index = images[keep], index[keep]
+    return images, index
