@@ -413,7 +413,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     data, category, _ = resolve_data(args)
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     record = run_fusion(FusionJob(members, args.dataset, data, category, uri, args.space, args.num_samples,
-                                  args.objective, args.output, args.storage, args.name, not args.no_register))
+                                  args.objective, args.output, args.storage, args.name, not args.no_register,
+                                  args.labelled))
     print(f"best fusion ({record['objective']} objective {record['best_objective']:.4f}, {record['trials']} "
           f"settings, no member retrained): {record['best_params']}")
     for ref, aurocs in record["members"].items():
@@ -435,9 +436,11 @@ def add_fuse(sub) -> None:
     _data_args(p)
     p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/fusion.yaml)")
     p.add_argument("--num-samples", type=int, default=None, help="settings tried (default: the space's budget)")
-    p.add_argument("--objective", default=None, choices=("synthetic", "test"),
-                   help="synthetic (leak-free, default: validation normals vs synthesised anomalies) or test "
-                        "(tunes on the test split; recorded as such)")
+    p.add_argument("--objective", default=None, choices=("synthetic", "labelled", "test"),
+                   help="synthetic (leak-free, default: validation normals vs synthesised anomalies), labelled "
+                        "(validation normals vs --labelled DIR) or test (tunes on the test split; recorded as such)")
+    p.add_argument("--labelled", default=None, metavar="DIR",
+                   help="labelled anomalies for --objective labelled: DIR/logical/ and/or DIR/structural/ images")
     p.add_argument("--storage", default="ray_results", help="where Ray Tune writes the sweep")
     p.add_argument("--name", default=None, help="the fusion run's name (default fusion-<category>-<time>)")
     p.add_argument("--out", "--output", dest="output", default="outputs/fusion",

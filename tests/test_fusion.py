@@ -205,3 +205,27 @@ def test_a_fusion_is_built_from_members_and_scores_with_its_own_image_score(smal
     assert maps.shape == (2, 1, 64, 64)
     own = members[0][1].score(images)[1]  # DFSC at its own 64 px: weight (1, 0) is DFSC alone
     assert torch.allclose(scores, scoring.normalise(own, fusion.score_stats[0], "zscore"), atol=1e-5)
+
+
+def test_a_labelled_objective_scores_validation_normals_against_the_users_anomalies(small_loco, category, tmp_path):
+    import shutil
+
+    from logicad.pipelines.tune.fusion import FusionJob, labelled_set
+
+    for kind in ("logical", "structural"):
+        (tmp_path / kind).mkdir()
+        for path in sorted((small_loco / category / "test" / f"{kind}_anomalies").glob("*.png"))[:2]:
+            shutil.copy(path, tmp_path / kind / path.name)
+    job = FusionJob([], "mvtec_loco", str(small_loco), category, "sqlite:///unused.db", labelled=str(tmp_path))
+    images = labelled_set(job, 32)
+    kinds = [s.kind for s in images.samples]
+    assert kinds.count("logical") == 2 and kinds.count("structural") == 2
+    assert all("/validation/" in str(s.path) for s in images.samples if s.kind == "good")
+
+
+def test_a_labelled_folder_without_kind_folders_fails_in_one_line(capsys, registry, small_loco, category, tmp_path):
+    code = main(["fuse", "--members", ",".join(registry["refs"].values()), "--data", str(small_loco),
+                 "--category", category, "--tracking-uri", registry["uri"], "--objective", "labelled",
+                 "--labelled", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "no labelled anomalies" in err

@@ -8,8 +8,9 @@
 3. A score-only Ray Tune sweep (`score_only.run_score_only_sweep`) searches the rule, the
    normalisation and the member weights on the members' cached outputs: every member scores
    the objective images once; trials only combine them. The objective is leak-free by default
-   (validation normals vs anomalies synthesised from them); `--objective test` reads the test
-   split and is recorded as such.
+   (validation normals vs anomalies synthesised from them); `--objective labelled --labelled DIR`
+   scores validation normals vs a user's few labelled anomalies (DIR/logical/, DIR/structural/);
+   `--objective test` reads the test split. The objective is recorded with the model.
 4. The best fusion is evaluated on the test split, saved, logged to MLflow with each member's
    test AUROCs beside its own, and registered as `logicad-fusion-<category>`.
 """
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 import yaml
 
-from logicad.data import load_split
+from logicad.data import AnomalyDataset, load_split, scan
+from logicad.data.errors import DatasetError
+from logicad.data.layouts import Sample, images_below
 from logicad.models.base import ConfigError, Method
 from logicad.models.fusion import Fusion
 
@@ -56,6 +59,8 @@ class FusionJob:
     storage_path: str = "ray_results"
     name: str | None = None
     register: bool = True
+    #: folder of labelled anomalies (`logical/`, `structural/`) for objective "labelled"
+    labelled: str | None = None
 
 
 # --- members -----------------------------------------------------------------------------
@@ -117,6 +122,32 @@ def load_members(refs: list[str], uri: str, category: str | None) -> list[tuple[
     return members
 
 
+# --- the objective ------------------------------------------------------------------------
+FUSION_OBJECTIVES = ("synthetic", "labelled", "test")
+
+
+def labelled_set(job: FusionJob, size: int) -> AnomalyDataset:
+    """Validation normals + the user's labelled anomalies, their kind from their folder."""
+    root = Path(job.labelled or "")
+    samples = list(scan(job.dataset, Path(job.data_root), job.category, "validation"))
+    normals = len(samples)
+    for kind in ("logical", "structural"):
+        for name in (kind, f"{kind}_anomalies"):
+            if (root / name).is_dir():
+                samples += [Sample(path, 1, kind, name) for path in images_below(root / name)]
+    if len(samples) == normals:
+        raise DatasetError(f"{root}: no labelled anomalies; expected a folder with logical/ and/or structural/ "
+                           "(or logical_anomalies/, structural_anomalies/) subfolders of images")
+    return AnomalyDataset(samples, size)
+
+
+def objective_images(job: FusionJob, fusion: Fusion, objective: str):
+    """The images every setting is scored on (never the test split unless `objective` is test)."""
+    if objective == "labelled":
+        return labelled_set(job, fusion.config.image_size)
+    return objective_set(fusion, objective, job.dataset, job.data_root, job.category, 0)
+
+
 # --- the sweep ---------------------------------------------------------------------------
 def weight_grid(count: int, levels: tuple[float, ...] = WEIGHT_LEVELS) -> list[str]:
     """Every weight vector over `levels` for `count` members, not all zero, as "w0,w1,..."."""
@@ -146,13 +177,16 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     fusion = Fusion.from_members(members)
     space = fusion_space(job.space, fusion)
     objective = job.objective or space.objective
+    if objective not in FUSION_OBJECTIVES or (objective == "labelled") != bool(job.labelled):
+        raise ConfigError(f"objective {objective!r}: expected one of {list(FUSION_OBJECTIVES)}, and --labelled DIR "
+                          "exactly when it is 'labelled'")
+    images = objective_images(job, fusion, objective)  # bad labelled folders fail before any scoring
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fusion.to(device)
     start = time.perf_counter()
     validation = load_split(job.dataset, job.data_root, job.category, "validation", fusion.config.image_size)
     fusion.finalize(torch.utils.data.DataLoader(validation, batch_size=fusion.config.batch_size))
-    parts, kinds = cache_parts(fusion, objective_set(fusion, objective, job.dataset, job.data_root, job.category, 0),
-                               device)
+    parts, kinds = cache_parts(fusion, images, device)
     print(f"fusion of {len(members)} members ({', '.join(r for r, _ in members)}): normalisation fitted on "
           f"{len(validation)} validation normals, {len(kinds)} {objective}-objective images cached in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
