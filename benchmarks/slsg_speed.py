@@ -103,7 +103,7 @@ def simulation(size: int, seconds: float = 10.0) -> dict:
     from logicad.data import load_split
     from logicad.data.transforms import train_transform
     from logicad.data.views import training_view
-    from logicad.pipelines.cli import synthetic_default
+    from logicad.pipelines.data_source import synthetic_default
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

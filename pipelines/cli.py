@@ -12,53 +12,41 @@ from typing import Callable, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from .catalogue import COMPILE_MODES, DEBUG_BACKENDS, METHODS, OBJECTIVES, PRESETS, methods_help
+from .data_source import cache_dir, remote_data, resolve_data
+
 DEFAULT_PRESET = "cpu-synthetic"
 HEADLINE = ("image_auroc_logical", "image_auroc_structural", "image_auroc", "spro_0.05", "pixel_auroc", "aupro_0.3")
-
-
-def cache_dir() -> Path:
-    """Where the synthetic default dataset is generated (`LOGICAD_CACHE`, else ~/.cache/logicad)."""
-    return Path(os.environ.get("LOGICAD_CACHE", Path.home() / ".cache" / "logicad"))
-
-
-def synthetic_default(seed: int = 0) -> tuple[Path, str]:
-    """The embedded default dataset (generated once) and its first category."""
-    from logicad.data.synthetic import CATEGORIES, SyntheticSpec, make_synthetic
-
-    root = cache_dir() / f"synthetic-seed{seed}"
-    marker = root / ".complete"
-    if not marker.exists():
-        print(f"generating the synthetic MVTec LOCO-format dataset into {root}", flush=True)
-        make_synthetic(root, SyntheticSpec(seed=seed))
-        marker.write_text("ok\n")
-    return root, CATEGORIES[0]
 
 
 # --- make-synthetic ---------------------------------------------------------------------
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from logicad.data.synthetic import SyntheticSpec, make_synthetic
 
-    spec = SyntheticSpec(size=args.size, seed=args.seed, n_train=args.n_train, n_validation=args.n_validation,
-                         n_test_good=args.n_test_good, n_test_logical=args.n_test_logical,
-                         n_test_structural=args.n_test_structural)
+    given = {key: getattr(args, key) for key in SPEC_FLAGS if getattr(args, key) is not None}
+    spec = SyntheticSpec(**given)
     categories = args.categories.split(",") if args.categories else None
     for path in make_synthetic(args.out, spec, categories):
         print(path)
     return 0
 
 
-def add_make_synthetic(sub) -> None:
-    from logicad.data.synthetic import SyntheticSpec
+#: SyntheticSpec fields with a flag each (defaults are the spec's: read when the command runs,
+#: so building the parser imports nothing heavy)
+SPEC_FLAGS = {"seed": "generator seed", "size": "shorter image side in pixels",
+              "n_train": "training images per category", "n_validation": "validation images per category",
+              "n_test_good": "normal test images", "n_test_logical": "logical-anomaly test images",
+              "n_test_structural": "structural-anomaly test images"}
 
-    d = SyntheticSpec()
+
+def add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write the synthetic MVTec LOCO-format dataset")
     p.add_argument("--out", "--output", dest="out", required=True,
                    help="output root (categories are written below it)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--size", type=int, default=d.size, help="shorter image side in pixels")
     p.add_argument("--categories", default=None, help="comma-separated subset (default: all)")
-    for name in ("n_train", "n_validation", "n_test_good", "n_test_logical", "n_test_structural"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name, what in SPEC_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"{what} (default: SyntheticSpec's)")
     p.set_defaults(func=cmd_make_synthetic)
 
 
@@ -76,10 +64,10 @@ def cmd_evaluate_maps(args: argparse.Namespace) -> int:
 
 def add_evaluate_maps(sub) -> None:
     p = sub.add_parser("evaluate-maps", help="score anomaly maps written as <maps>/<category>/test/<kind>/<id>.tiff")
-    p.add_argument("--maps", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad"])
+    p.add_argument("--maps", required=True, help="root of the maps: <maps>/<category>/test/<kind>/<id>.tiff")
+    p.add_argument("--data", required=True, help="dataset root holding the ground truth")
+    p.add_argument("--category", required=True, help="category folder under --data and --maps")
+    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad"], help="layout of --data")
     p.add_argument("--out", "--output", dest="out", default=None, help="write metrics.json here")
     p.set_defaults(func=cmd_evaluate_maps)
 
@@ -87,29 +75,10 @@ def add_evaluate_maps(sub) -> None:
 # --- train ------------------------------------------------------------------------------
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset root (default: the synthetic dataset, generated once)")
-    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"])
-    p.add_argument("--category", default=None)
-
-
-def resolve_data(args: argparse.Namespace) -> tuple[str, str | None, bool]:
-    """(local dataset root, category, is the synthetic default); s3:// roots are synced once
-    into the local cache, no --data generates the synthetic dataset."""
-    if args.data is None:
-        data, default_category = synthetic_default()
-        return str(data), args.category or default_category, True
-    if args.data.startswith("s3://"):
-        from .storage import S3Settings, sync_dataset
-
-        settings = S3Settings.from_env(getattr(args, "s3_endpoint_url", None))
-        return str(sync_dataset(args.data, cache_dir() / "s3", settings)), args.category, False
-    return args.data, args.category, False
-
-
-def remote_data(args: argparse.Namespace) -> dict[str, str | None]:
-    """TrainJob fields that make every worker sync an s3:// --data into its own node cache."""
-    if not (args.data or "").startswith("s3://"):
-        return {}
-    return {"data_uri": args.data, "s3_endpoint_url": args.s3_endpoint_url}
+    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"],
+                   help="layout of --data (default mvtec_loco; folder: a plain folder of normal images)")
+    p.add_argument("--category", default=None,
+                   help="category folder under --data (e.g. pushpins); default with the synthetic data: its first")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -159,22 +128,38 @@ def print_headline(record: dict) -> None:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     """The config flags train and tune share."""
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="training steps (the config key max_steps; default: the preset's or the paper's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--config", default=None, help="YAML file of config keys (e.g. from logicad tune)")
-    p.add_argument("--preset", default=None, help="named smaller setting ('none' for the paper's defaults)")
+    p.add_argument("--preset", default=None,
+                   help="named smaller setting (" + "; ".join(f"{m}: {', '.join(ps)}" for m, ps in PRESETS.items()
+                                                              if ps) + "), or 'none' for the paper's defaults; "
+                        "without --data the synthetic default uses cpu-synthetic")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. --workers 0 is refused before anything starts)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _method_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="dfsc", choices=tuple(METHODS), metavar="METHOD",
+                   help=f"default dfsc. {methods_help()}")
 
 
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a method on Ray Train, evaluate it, track it in MLflow")
-    p.add_argument("--method", default="dfsc")
+    _method_arg(p)
     _data_args(p)
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP), 1 or more")
     _config_args(p)
-    from .train.compiled_step import DEBUG_BACKENDS, MODES
-
-    p.add_argument("--compile-step", default="", choices=("", *MODES, *DEBUG_BACKENDS), metavar="MODE",
-                   help=f"torch.compile the training step (forward + backward) with this mode: {', '.join(MODES)} "
+    p.add_argument("--compile-step", default="", choices=("", *COMPILE_MODES, *DEBUG_BACKENDS), metavar="MODE",
+                   help=f"torch.compile the training step (forward + backward) with this mode: "
+                        f"{', '.join(COMPILE_MODES)} "
                         f"(reduce-overhead = CUDA graphs); off by default; methods whose step is not "
                         f"compilable say so and train eager")
     p.add_argument("--out", "--output", dest="output", default="outputs",
@@ -182,7 +167,7 @@ def add_train(sub) -> None:
                         "at the newest")
     p.add_argument("--storage", default="ray_results", help="Ray run storage: local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
-    p.add_argument("--run-name", default=None)
+    p.add_argument("--run-name", default=None, help="the run's name (default <method>-<category>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the latest run of this method/category")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: at the end only)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per run (the newest)")
@@ -235,7 +220,7 @@ def add_evaluate(sub) -> None:
                    help="where metrics.json and the plots are written")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is available")
     _compile_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -272,8 +257,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     job = TrainJob(args.method, config, args.dataset, data, category, space.preset, output_dir=args.output,
                    storage_path=storage, tracking_uri=args.tracking_uri, log_every=1000,
                    keep_checkpoints=args.keep_checkpoints, **remote_data(args))
-    if args.workers_per_trial != 1:
-        print("note: trials run as one process each (--workers-per-trial > 1 is not supported yet)", flush=True)
     record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial,
                               prune=not args.keep_trial_checkpoints), args.name)
     name = record["sweep"]
@@ -308,10 +291,8 @@ def _storage(args: argparse.Namespace):
 
 
 def add_tune(sub) -> None:
-    from .tune.objective import OBJECTIVES
-
     p = sub.add_parser("tune", help="Ray Tune sweep over a method's config keys, tracked in MLflow")
-    p.add_argument("--method", default="dfsc")
+    _method_arg(p)
     _data_args(p)
     p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/<method>.yaml)")
     _config_args(p)  # override the space's preset and fixed keys; a searched key set here is not searched
@@ -323,7 +304,6 @@ def add_tune(sub) -> None:
                    help="synthetic (leak-free, default) or test (paper-style; leaks the test set)")
     p.add_argument("--storage", default="ray_results", help="local dir or s3://bucket/prefix")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
-    p.add_argument("--workers-per-trial", type=int, default=1)
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial while it runs")
     p.add_argument("--keep-trial-checkpoints", action="store_true",
                    help="keep every trial's checkpoints after the sweep (default: only the best trial's final one)")
@@ -334,7 +314,7 @@ def add_tune(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     p.add_argument("--out", "--output", dest="output", default="outputs/tune",
                    help="output root: each sweep writes <out>/<sweep>/ (best_config.yaml, metrics.json)")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.set_defaults(func=cmd_tune)
 
 
@@ -352,11 +332,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def add_promote(sub) -> None:
     p = sub.add_parser("promote", help="move the registry alias to the newest version if it is better")
     p.add_argument("--model", required=True, help="registered model name, e.g. logicad-dfsc-parts_box")
-    p.add_argument("--metric", default="image_auroc")
-    p.add_argument("--min-delta", type=float, default=0.0)
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--metric", default="image_auroc",
+                   help="metric recorded in each version's run that decides (higher is better; default image_auroc)")
+    p.add_argument("--min-delta", type=float, default=0.0,
+                   help="the candidate must beat the alias holder by more than this (default 0.0)")
+    p.add_argument("--alias", default="champion", help="the alias that moves (default champion)")
     p.add_argument("--version", default=None, help="candidate version (default: the newest)")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.set_defaults(func=cmd_promote)
 
 
@@ -383,11 +365,12 @@ def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="score a folder of images with a saved or registered model")
     p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3, or a model.pt path")
     p.add_argument("--images", required=True, help="folder (searched recursively) or s3://bucket/prefix")
-    p.add_argument("--out", "--output", dest="out", default="outputs/predict")
+    p.add_argument("--out", "--output", dest="out", default="outputs/predict",
+                   help="where scores.csv and the overlays are written")
     p.add_argument("--threshold", type=float, default=None, help="default: the threshold recorded with the model")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--s3-endpoint-url", default=None)
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images scored at once (default 16)")
+    p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     _compile_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -456,7 +439,14 @@ COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_tra
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
     parser = argparse.ArgumentParser(prog="logicad", description=__doc__)
+    try:
+        release = version("logicad")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        release = "unknown"
+    parser.add_argument("--version", action="version", version=f"logicad {release}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -464,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the imports below: --help must not load torch
     from logicad.data.errors import DatasetError
     from logicad.models.base import ConfigError
 
@@ -476,7 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train.resources import ResourceRequestError
     from .train.worker import NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,

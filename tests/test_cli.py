@@ -164,3 +164,54 @@ def test_predict_overlays_keep_each_images_size_and_are_named_by_its_relative_pa
     for rel in ("line1/a.png", "line2/a.png"):
         written = cv2.imread(str(tmp_path / "pred" / "overlays" / rel))
         assert written is not None and written.shape == (96, 160, 3)
+
+
+def test_help_builds_the_parser_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from logicad.pipelines.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'ray', 'mlflow') if m in sys.modules]; print(heavy); assert not heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr[-1000:]
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    import argparse
+
+    from logicad.pipelines.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = {name: [a.option_strings[0] for a in p._actions if a.option_strings and not a.help]
+               for name, p in sub.choices.items()}
+    assert {k: v for k, v in missing.items() if v} == {}
+
+
+def test_the_cli_catalogue_is_the_method_registry():
+    from logicad.models.base import METHODS as REGISTRY, method_class
+    from logicad.pipelines.catalogue import METHODS, PRESETS
+
+    method_class("dfsc")  # imports every built-in method
+    assert set(METHODS) == set(REGISTRY) - {"fusion"}  # a fusion is built by `fuse`, not trained
+    assert {m: tuple(sorted(REGISTRY[m].config_cls.PRESETS)) for m in METHODS} == \
+        {m: tuple(sorted(p)) for m, p in PRESETS.items()}
+
+
+def test_workers_zero_is_refused_before_anything_starts(capsys, tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--workers", "0", "--output", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "--workers: expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_package_module_imports_the_cli():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    importers = [str(path.relative_to(root)) for folder in ("pipelines", "models", "data")
+                 for path in (root / folder).rglob("*.py") if path.name != "cli.py"
+                 and any(s in path.read_text() for s in ("from ..cli import", "from .cli import",
+                                                          "pipelines.cli import", "from ...cli import"))]
+    assert importers == []

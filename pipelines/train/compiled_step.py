@@ -17,9 +17,10 @@ from torch import nn
 
 from logicad.models.base import ConfigError, Method
 
+from ..catalogue import COMPILE_MODES, DEBUG_BACKENDS
+
 #: inductor modes; "eager" and "aot_eager" are torch's debugging backends (trace, no codegen)
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DEBUG_BACKENDS = ("eager", "aot_eager")
+MODES = COMPILE_MODES
 
 
 def check_mode(mode: str) -> None:

@@ -98,7 +98,7 @@ def check_inputs(job: TrainJob) -> None:
     dataset fingerprint), so bad data fails in one line before Ray starts."""
     from logicad.data.integrity import verify_decodable
 
-    from ..cli import cache_dir
+    from ..data_source import cache_dir
 
     check_paths(job.config)
     samples = [s for split in ("train", "validation") for s in scan(job.dataset, Path(job.data_root), job.category,

@@ -19,9 +19,9 @@ from logicad.data import AnomalyDataset
 from logicad.models.base import Method
 
 from ..evaluate.scoring import evaluate_method, score_batches
+from ..catalogue import OBJECTIVES
 from ..evaluate.metrics import image_aurocs
 
-OBJECTIVES = ("synthetic", "test")
 OBJECTIVE_METRIC = "objective"
 
 

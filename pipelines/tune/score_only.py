@@ -125,7 +125,7 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
 
 def cmd_score_only(args: argparse.Namespace) -> int:
     """`logicad tune --from-run RUN --space SPACE`: a score-only sweep of RUN's trained model."""
-    from ..cli import resolve_data
+    from ..data_source import resolve_data
     from ..registry.pyfunc import check_store_exists, load_method_any
     from ..train.driver import ensure_ray
 
