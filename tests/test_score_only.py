@@ -101,3 +101,12 @@ def test_tune_from_run_searches_fusion_weights_without_retraining(small_loco, ca
         assert len(list(csv.DictReader(handle))) == 12
     assert torch.equal(read_model_file(model)["state_dict"][next(iter(method.state_dict()))],
                        next(iter(method.state_dict().values())))
+
+
+def test_a_space_value_that_does_not_fit_the_trained_model_is_refused_before_any_trial(small_loco, category):
+    method = _glcf(small_loco, category)
+    scales = len(method.config.target_strides)
+    too_many = ",".join(["1"] * (scales + 1))
+    space = SearchSpace(method="glcf", space={"scale_weights": {"choice": [",".join(["1"] * scales), too_many]}})
+    with pytest.raises(ConfigError, match=f"space.scale_weights value '{too_many}' does not fit this glcf model"):
+        check_score_only(space, method, "space.yaml")

@@ -45,13 +45,24 @@ def resolve_model_ref(ref: str) -> str:
 
 
 def check_score_only(space: SearchSpace, method: Method, path: str) -> None:
-    """Every searched (and fixed) key must be score-only for this method: anything else needs training."""
+    """Every searched (and fixed) key must be score-only for this method (anything else needs
+    training), and every value the space can give must fit this trained model (e.g. one scale
+    weight per scale it was trained with): refused in one line before any trial starts."""
     allowed = method.config_cls.SCORE_ONLY
     wrong = [k for k in [*space.space, *space.fixed] if k not in allowed]
     if wrong:
         raise ConfigError(
             f"{path}: {wrong} change trained weights, so a score-only sweep cannot search them; "
             f"score-only keys of {method.name}: {', '.join(allowed) or 'none'} (use `logicad tune` without --from-run)")
+    base = method.config.replace(**space.fixed)
+    for key, dist in space.space.items():
+        (kind, values), = dist.items()
+        for value in values if kind in ("choice", "grid") else values[:2]:
+            try:
+                base.replace(**{key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: space.{key} value {value!r} does not fit this {method.name} model: "
+                                  f"{exc}") from None
 
 
 def objective_set(method: Method, objective: str, dataset: str, root: str, category: str | None, seed: int):
@@ -108,7 +119,7 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
     from ray import tune
     from ray.tune import RunConfig, TuneConfig, Tuner
 
-    from .tuner import _search
+    from .tuner import search_algorithm
 
     trainable = tune.with_parameters(_trial, method=method.cpu(), parts=parts, kinds=kinds)
     trainable = tune.with_resources(trainable, {"cpu": 1})
@@ -116,7 +127,7 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
         trainable,
         param_space=to_tune(space),
         tune_config=TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
-                               search_alg=_search(space), max_concurrent_trials=space.budget_value("max_concurrent", 0)
+                               search_alg=search_algorithm(space), max_concurrent_trials=space.budget_value("max_concurrent", 0)
                                or None, reuse_actors=True),  # a trial takes ms; a fresh actor, seconds
         run_config=RunConfig(name=name, storage_path=str(Path(storage).absolute()), verbose=0),
     )

@@ -70,7 +70,8 @@ def _scheduler(space: SearchSpace, max_reports: int):
                          reduction_factor=float(options.get("reduction_factor", 2)))
 
 
-def _search(space: SearchSpace):
+def search_algorithm(space: SearchSpace):
+    """The space's search algorithm for Ray Tune: None (random) or Optuna TPE, concurrency-limited."""
     from ray.tune.search import ConcurrencyLimiter
 
     if space.search.get("algorithm", "random") != "optuna":
@@ -104,7 +105,7 @@ def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus:
                                   storage_filesystem=tj.storage_filesystem)
     max_reports = job.config.max_steps // max(spec.checkpoint_every, 1) + 1
     tune_config = TuneConfig(metric=space.metric, mode=space.mode, scheduler=_scheduler(space, max_reports),
-                             search_alg=_search(space), num_samples=tj.num_samples or space.budget_value(
+                             search_alg=search_algorithm(space), num_samples=tj.num_samples or space.budget_value(
                                  "num_samples", 8), max_concurrent_trials=int(space.budget_value("max_concurrent", 2)))
     return tune.Tuner(_trainable(space, gpus), param_space={"spec": spec.to_dict(), "params": to_tune(space)},
                       tune_config=tune_config, run_config=run_config)
