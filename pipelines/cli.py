@@ -185,6 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import mlflow
     import torch
 
+    from .config import score_only_settings
     from .evaluate.scoring import evaluate_to_dir
     from .registry.pyfunc import load_payload_any, model_origin
     from .registry.tracking import default_tracking_uri, preflight
@@ -199,6 +200,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                      else "no MLflow run recorded with it")
           + (f" ({origin['source']})" if origin.get("source") else ""), flush=True)
     method = method_from_payload(load_payload_any(args.model))
+    settings = score_only_settings(method.config, args.set or (), args.config)
+    if settings:
+        method.config = method.config.replace(**settings)
+        print(f"scoring with the score-only settings {settings}", flush=True)
     data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     out = Path(args.output)
@@ -221,8 +226,17 @@ def add_evaluate(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is available")
+    _score_only_args(p)
     _compile_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _score_only_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="score-only setting to score with (e.g. w_local=3 for GLCF; repeatable); keys that change "
+                        "trained weights are refused")
+    p.add_argument("--config", default=None,
+                   help="YAML of config keys, e.g. a score-only sweep's best_config.yaml (its score-only keys apply)")
 
 
 def _compile_arg(p: argparse.ArgumentParser) -> None:
@@ -311,6 +325,9 @@ def add_tune(sub) -> None:
                    help="GPUs each trial asks Ray for (overrides the space's budget.gpu_per_trial; "
                         "default: auto, 1 when the cluster has or can autoscale GPU nodes)")
     p.add_argument("--name", default=None, help="sweep name (resume uses it)")
+    p.add_argument("--register", action="store_true",
+                   help="with --from-run: score the best setting on the test split and register it as a new "
+                        "version of the model (same weights, the chosen score-only settings)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     p.add_argument("--out", "--output", dest="output", default="outputs/tune",
                    help="output root: each sweep writes <out>/<sweep>/ (best_config.yaml, metrics.json)")
@@ -345,9 +362,11 @@ def add_promote(sub) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import mlflow
 
+    from .config import score_only_settings
     from .registry.pyfunc import load_payload_any
     from .registry.predict import predict
     from .registry.tracking import default_tracking_uri
+    from .train.checkpoints import method_from_payload
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     images = Path(args.images)
@@ -356,6 +375,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         images = sync_dataset(args.images, cache_dir() / "s3", S3Settings.from_env(args.s3_endpoint_url))
     payload = load_payload_any(args.model)
+    settings = score_only_settings(method_from_payload(payload).config, args.set or (), args.config)
+    payload = {**payload, "config": {**payload["config"], **settings}}
     scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size, compile=args.compile)
     print(f"scores written to {scores}; heatmap overlays in {Path(args.out) / 'overlays'}")
     return 0
@@ -371,6 +392,7 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="images scored at once (default 16)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    _score_only_args(p)
     _compile_arg(p)
     p.set_defaults(func=cmd_predict)
 

@@ -58,6 +58,26 @@ def resolve_config(
     return method_class(method).config_cls.build(overrides, preset=preset)
 
 
+def score_only_settings(config: MethodConfig, sets: Iterable[str] = (), config_file: str | Path | None = None
+                        ) -> dict[str, Any]:
+    """The `--set`/`--config` values a trained model can be scored with: score-only keys
+    (`SCORE_ONLY`, e.g. GLCF's fusion weights). A key that would change trained weights is refused
+    in one line, unless it equals the model's own value (as in a sweep's full best_config.yaml)."""
+    given: dict[str, Any] = {}
+    if config_file:
+        given.update(read_config_file(config_file))
+    given.update(parse_sets(sets))
+    allowed = type(config).SCORE_ONLY
+    current = config.to_dict()
+    changed = sorted(k for k, v in given.items() if k not in allowed
+                     and config.replace(**{k: v}).to_dict()[k] != current[k])
+    if changed:
+        raise ConfigError(f"{changed} change trained weights, so a trained model cannot be scored with other "
+                          f"values; score-only keys: {', '.join(allowed) or 'none'} (retrain with logicad train "
+                          f"--config FILE to change the others)")
+    return {k: v for k, v in given.items() if k in allowed}
+
+
 def resolve_tune_config(space, sets: Iterable[str] = (), config_file: str | Path | None = None,
                         preset: str | None = None) -> tuple[MethodConfig, list[str]]:
     """A sweep's base config, in train's order with the space in it: defaults <- preset (--preset,

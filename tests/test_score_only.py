@@ -4,6 +4,7 @@ searches the keys that change no weight; training never runs and nothing is retr
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -92,15 +93,37 @@ def test_tune_from_run_searches_fusion_weights_without_retraining(small_loco, ca
     code = main(["tune", "--method", "glcf", "--from-run", str(model.parent), "--space", str(tmp_path / "fusion.yaml"),
                  "--data", str(small_loco), "--category", category, "--storage", str(tmp_path / "ray"),
                  "--name", "fusion", "--output", str(tmp_path / "out"),
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--register"])
     assert code == 0
-    best = yaml.safe_load(next((tmp_path / "out").rglob("best_config.yaml")).read_text())
+    best_file = next((tmp_path / "out").rglob("best_config.yaml"))
+    best = yaml.safe_load(best_file.read_text())
     assert 0.0 <= best["w_local"] <= 5.0 and 0.0 <= best["w_global"] <= 5.0
-    assert best["image_size"] == 128  # the trained model's config, with only the searched keys changed
+    # the trained model's config, with only the searched keys changed
+    assert best["image_size"] == method.config.image_size
     with open(next((tmp_path / "out").rglob("trials.csv"))) as handle:
         assert len(list(csv.DictReader(handle))) == 12
     assert torch.equal(read_model_file(model)["state_dict"][next(iter(method.state_dict()))],
                        next(iter(method.state_dict().values())))
+    # --register: a new version with the chosen weights, which evaluate --config reproduces
+    registered = json.loads((best_file.parent / "metrics.json").read_text())
+    assert registered["model_uri"] == f"models:/logicad-glcf-{category}/1"
+    assert registered["settings"]["w_local"] == pytest.approx(best["w_local"])
+    code = main(["evaluate", "--model", str(model.parent), "--config", str(best_file), "--data", str(small_loco),
+                 "--category", category, "--out", str(tmp_path / "eval"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 0
+    rescored = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert rescored["image_auroc"] == pytest.approx(registered["image_auroc"])
+
+
+def test_evaluate_refuses_a_setting_that_changes_trained_weights(small_loco, category, tmp_path, capsys):
+    from logicad.pipelines.cli import main
+
+    model = save_model(tmp_path / "model" / "model.pt", _glcf(small_loco, category))
+    code = main(["evaluate", "--model", str(model), "--set", "lr=0.1", "--data", str(small_loco),
+                 "--category", category, "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "['lr'] change trained weights" in err and "w_local" in err
 
 
 def test_a_space_value_that_does_not_fit_the_trained_model_is_refused_before_any_trial(small_loco, category):

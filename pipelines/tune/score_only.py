@@ -15,6 +15,7 @@ vs anomalies synthesised from them), `--objective test` only when asked, and rec
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
@@ -165,11 +166,46 @@ def cmd_score_only(args: argparse.Namespace) -> int:
     num_samples = args.num_samples or space.budget_value("num_samples", 64)
     name = args.name or f"score-only-{method.name}-{category or args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = run_score_only_sweep(method, space, parts, kinds, num_samples, args.storage, name)
-    return _report(args, uri, ref, method, space, objective, results, name, time.perf_counter() - start)
+    out, params = _report(args, uri, ref, method, space, objective, results, name, time.perf_counter() - start)
+    if getattr(args, "register", False):
+        register_setting(method, params, ref, uri, args.dataset, data, category, out, device)
+    return 0
+
+
+def register_setting(method: Method, params: dict[str, Any], ref: str, uri: str, dataset: str, data: str,
+                     category: str | None, out: Path, device: torch.device) -> str:
+    """The trained model under the chosen score-only settings, scored on the test split and
+    registered as a new version of its model (same weights, new settings); the version's URI."""
+    import mlflow
+
+    from ..evaluate.scoring import evaluate_to_dir
+    from ..registry.pyfunc import log_and_register
+    from ..train.checkpoints import MODEL_FILE, save_model
+    from ..train.driver import data_identity
+
+    method.config = method.config.replace(**params)
+    model_dir = out / "model"
+    metrics = evaluate_to_dir(method.to(device), dataset, data, category, model_dir, device)
+    save_model(model_dir / MODEL_FILE, method.cpu(), {"threshold": metrics.get("threshold"), "from_model": ref})
+    run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, f"{out.name}-registered",
+                                {"from_model": ref, **{f"setting.{k}": v for k, v in params.items()}},
+                                {"logicad.sweep_kind": "score-only", "logicad.from_model": ref})
+    tracking.log_results(uri, run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model_dir)
+    mlflow.set_tracking_uri(uri)
+    tags = {**data_identity(dataset, data, category), "threshold": metrics.get("threshold"), "from_model": ref,
+            "score_only_settings": str(params)}
+    model_uri = log_and_register(run_id, model_dir / MODEL_FILE, tracking.registered_name(method.name, category), tags)
+    tracking.end_run(uri, run_id)
+    (out / "metrics.json").write_text(json.dumps({"method": method.name, "dataset": dataset, "category": category,
+                                                  **metrics, "model_uri": model_uri, "from_model": ref,
+                                                  "settings": params}, indent=2, default=str))
+    print(f"registered {model_uri}: {ref} with {params}; test image_auroc {metrics.get('image_auroc')} "
+          f"(logical {metrics.get('image_auroc_logical')}, structural {metrics.get('image_auroc_structural')})")
+    return model_uri
 
 
 def _report(args, uri: str, ref: str, method: Method, space: SearchSpace, objective: str, results, name: str,
-            seconds: float) -> int:
+            seconds: float) -> tuple[Path, dict[str, Any]]:
     """Best setting: printed, written as a full config YAML, logged as one MLflow run."""
     best = results.get_best_result(metric=space.metric, mode=space.mode)
     params = {k: v for k, v in best.config.items() if k in space.space}
@@ -190,5 +226,6 @@ def _report(args, uri: str, ref: str, method: Method, space: SearchSpace, object
     tracking.end_run(uri, run_id)
     print(f"best of {len(frame)} score-only settings ({objective} objective, {space.metric} {value:.4f}, "
           f"{seconds:.1f} s, no retraining): {params}")
-    print(f"best config written to {out / 'best_config.yaml'} (logicad train --config FILE, or score with it)")
-    return 0
+    print(f"best config written to {out / 'best_config.yaml'} (logicad evaluate/predict --config FILE scores "
+          f"with it; --register registers it as a new model version)")
+    return out, params
