@@ -188,9 +188,9 @@ def restore(db: Path, uri: str, settings: S3Settings | None = None) -> str:
             client.download_file(target.bucket, target.key, str(copy))
         check_integrity(copy)
         sha = digest(copy)
+        state_path(db).unlink(missing_ok=True)  # the state first: a store that appears has its origin
+        write_state(db, source=target.uri, uploaded_sha256=sha, restored_at=time.time())
         os.replace(copy, db)
-    state_path(db).unlink(missing_ok=True)
-    write_state(db, source=target.uri, uploaded_sha256=sha, restored_at=time.time())
     return "restored"
 
 
