@@ -377,7 +377,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     payload = load_payload_any(args.model)
     settings = score_only_settings(method_from_payload(payload).config, args.set or (), args.config)
     payload = {**payload, "config": {**payload["config"], **settings}}
-    scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size, compile=args.compile)
+    scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size, compile=args.compile,
+                     skip_unreadable=args.skip_unreadable)
     print(f"scores written to {scores}; heatmap overlays in {Path(args.out) / 'overlays'}")
     return 0
 
@@ -390,6 +391,8 @@ def add_predict(sub) -> None:
                    help="where scores.csv and the overlays are written")
     p.add_argument("--threshold", type=float, default=None, help="default: the threshold recorded with the model")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images scored at once (default 16)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="list images that cannot be decoded in skipped.csv and score the rest (default: stop)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     _score_only_args(p)

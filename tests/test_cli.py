@@ -161,9 +161,34 @@ def test_predict_overlays_keep_each_images_size_and_are_named_by_its_relative_pa
         Image.fromarray(wide).save(tmp_path / "images" / rel)
     assert main(["predict", "--model", str(model), "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "pred")]) == 0
+    from logicad.pipelines.registry.predict import overlay
+
+    # the image at its own size, with a caption strip above and the colour bar beside it
+    framed = overlay(np.zeros((96, 160, 3), np.uint8), np.zeros((8, 8)), 0.0, 1.0, "score").shape
+    assert framed[0] > 96 and framed[1] > 160
     for rel in ("line1/a.png", "line2/a.png"):
         written = cv2.imread(str(tmp_path / "pred" / "overlays" / rel))
-        assert written is not None and written.shape == (96, 160, 3)
+        assert written is not None and written.shape == framed
+
+
+def test_predict_can_skip_unreadable_images_and_counts_the_verdicts(small_loco, category, tmp_path, capsys):
+    import shutil
+
+    method = _fitted_dfsc(small_loco, category)
+    model = save_model(tmp_path / "model" / "model.pt", method, {"threshold": 0.5})
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted((small_loco / category / "test" / "good").glob("*.png"))[:3]:
+        shutil.copy(source, images / source.name)
+    (images / "truncated.png").write_bytes((images / source.name).read_bytes()[:200])
+    assert main(["predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "strict")]) == 2
+    assert "truncated.png" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "pred"),
+                 "--skip-unreadable"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s)" in out and "3 images scored: " in out and "(threshold 0.5)" in out
+    assert "truncated.png" in (tmp_path / "pred" / "skipped.csv").read_text()
+    assert "[predict] image 3/3" in out
 
 
 def test_help_builds_the_parser_without_importing_torch():

@@ -13,10 +13,11 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Prints `[name] step 120/600 loss 0.41 (l_hard 0.2, ...) 3.1 steps/s ETA 2m34s` lines."""
+    """Prints `[name] step 120/600 loss 0.41 (l_hard 0.2, ...) 3.1 steps/s ETA 2m34s` lines
+    (`unit` names what is counted: "step", or e.g. "image" for scoring)."""
 
-    def __init__(self, name: str, total: int, start: int = 0, enabled: bool = True) -> None:
-        self.name, self.total, self.enabled = name, total, enabled
+    def __init__(self, name: str, total: int, start: int = 0, enabled: bool = True, unit: str = "step") -> None:
+        self.name, self.total, self.enabled, self.unit = name, total, enabled, unit
         self.start_step, self.start_time = start, time.perf_counter()
         self.rate = 0.0
 
@@ -35,5 +36,5 @@ class Progress:
         eta = (self.total - step) / self.rate if self.rate > 0 else float("inf")
         eta_text = format_seconds(eta) if eta != float("inf") else "?"
         loss = f" loss {values['loss']:.4g}" if "loss" in values else ""
-        return (f"[{self.name}] step {step}/{self.total}{loss}" + (f" ({parts})" if parts else "")
-                + f" {self.rate:.2f} steps/s ETA {eta_text}")
+        return (f"[{self.name}] {self.unit} {step}/{self.total}{loss}" + (f" ({parts})" if parts else "")
+                + f" {self.rate:.2f} {self.unit}s/s ETA {eta_text}")
