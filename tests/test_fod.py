@@ -226,6 +226,37 @@ def test_bad_config_keys_fail_with_the_valid_keys():
         0.5, 0.5, 1e-4, 256, 1)
 
 
+def test_cpu_synthetic_preset_builds_with_the_shipped_imagenet_lite0_weights():
+    from logicad.models.backbones import read_weights
+
+    config = method_class("fod").config_cls.build(preset="cpu-synthetic")
+    assert (config.backbone, config.backbone_weights) == ("tf_efficientnet_lite0", "imagenet-lite0")
+    model = build_method("fod", config)
+    imagenet = read_weights("tf_efficientnet_lite0", "imagenet-lite0")
+    state = model.backbone.model.state_dict()
+    assert "imagenet-lite0" in model.backbone.source
+    assert state and all(torch.equal(v, imagenet[k]) for k, v in state.items())
+    # strides map to lite0's levels: 8 -> 40 channels, 16 -> 112 (log2(s) - 1 = out_indices 2, 3)
+    assert dict(zip(config.strides, model.backbone.channels)) == {8: 40, 16: 112}
+
+
+def test_preset_backbone_gives_the_pooled_imagenet_lite0_features_of_normalised_images():
+    import torch.nn.functional as F
+    from logicad.models.backbones import create_backbone, renormaliser
+
+    model = build_method("fod", method_class("fod").config_cls.build(preset="cpu-synthetic"))
+    lite0, _ = create_backbone("tf_efficientnet_lite0", "imagenet-lite0", out_indices=(2, 3))
+    lite0.eval()._forward_pre_hooks.clear()  # the bare network: it wants mean = std = 0.5 inputs
+    renorm = renormaliser("tf_efficientnet_lite0")
+    images = _images(2, size=model.config.image_size)  # ImageNet-normalised, as the data pipeline's
+    with torch.no_grad():
+        expected = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in lite0(renorm(images))]
+        got = model.features(images)
+    assert [tuple(f.shape[1:]) for f in got] == [(40, 16, 16), (112, 8, 8)]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
 def test_saved_state_scores_alone():
     model, images = _prepared()
     model.eval()
