@@ -9,9 +9,11 @@ from pathlib import Path
 import logicad.models  # noqa: F401  (torchvision op schemas before timm)
 import pytest
 import torch
+from logicad.models.backbones import read_weights, renormaliser
 from logicad.models.base import Collective, ConfigError, build_method, method_class
+from logicad.models.glcf import Teacher, lr_factor, scoring
 from logicad.models.glcf import loss as L
-from logicad.models.glcf import lr_factor, scoring
+from logicad.models.torchvision_ops import import_timm
 
 from registry_check import assert_registered_model_scores_alike
 
@@ -98,6 +100,61 @@ def test_teacher_stays_frozen_and_in_eval_mode_through_training_steps():
 
 def test_lr_drops_tenfold_for_the_last_forty_percent():
     assert [lr_factor(s, 10, 0.4) for s in range(10)] == [1.0] * 6 + [0.1] * 4
+
+
+# --- the cpu-synthetic preset's pretrained teacher --------------------------------------------
+LITE0 = "tf_efficientnet_lite0"
+LITE0_CHANNELS = {4: 24, 8: 40, 16: 112, 32: 320}
+
+
+def _imagenet_lite0_features(images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{stride: map} of timm's full tf_efficientnet_lite0 classifier with the shipped ImageNet
+    weights loaded strictly, run block by block (no features_only wrapper, no hook): the output
+    of the last block at each stride, from the ImageNet-normalised images renormalised by hand."""
+    model = import_timm().create_model(LITE0)
+    model.load_state_dict(read_weights(LITE0, "imagenet-lite0"), strict=True)
+    model.eval()
+    ends = {int(info["module"].split(".")[1]): info["reduction"] for info in model.feature_info
+            if info["reduction"] >= 4}
+    out = {}
+    with torch.no_grad():
+        x = model.bn1(model.conv_stem(renormaliser(LITE0)(images)))
+        for index, block in enumerate(model.blocks):
+            x = block(x)
+            if index in ends:
+                out[ends[index]] = x
+    return out
+
+
+def test_pretrained_lite0_teacher_taps_strides_4_to_32_with_the_imagenet_models_features():
+    teacher = Teacher(LITE0, "imagenet-lite0", (4, 8, 16, 32), 128).eval()
+    assert teacher.channels == LITE0_CHANNELS and "imagenet-lite0" in teacher.source
+    images = _images(2, 128, seed=11)
+    with torch.no_grad():
+        got = teacher(images)
+    expected = _imagenet_lite0_features(images)
+    assert {s: tuple(t.shape) for s, t in got.items()} == {s: (2, c, 128 // s, 128 // s) for s, c in LITE0_CHANNELS.items()}
+    for stride in LITE0_CHANNELS:
+        torch.testing.assert_close(got[stride], expected[stride], rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_synthetic_preset_builds_with_the_shipped_weights_and_its_teacher_is_the_imagenet_model():
+    config = method_class("glcf").config_cls.build(preset="cpu-synthetic")
+    assert (config.backbone, config.backbone_weights) == (LITE0, "imagenet-lite0")
+    assert len(config.scale_weights) == len(config.target_strides) == len(config.up_depths)
+    torch.manual_seed(0)
+    model = build_method("glcf", config).eval()
+    assert "imagenet-lite0" in model.describe()[0]
+    assert model.teacher.channels == {s: LITE0_CHANNELS[s] for s in model.teacher.strides}
+    assert set(model.teacher.strides) == set(config.sb_strides) | set(config.target_strides)
+    images = _images(2, config.image_size, seed=12)
+    with torch.no_grad():
+        got = model.teacher(images)
+    expected = _imagenet_lite0_features(images)
+    for stride, tensor in got.items():
+        torch.testing.assert_close(tensor, expected[stride], rtol=1e-4, atol=1e-4)
+    maps = model.anomaly_map(images)
+    assert tuple(maps.shape) == (2, 1, config.image_size, config.image_size) and torch.isfinite(maps).all()
 
 
 # --- loss -----------------------------------------------------------------------------------
