@@ -31,6 +31,10 @@ ENV_FILE="$HOME/mlflow-server.env"   # systemd's format: KEY=VALUE, no `export`,
   echo "LOGICAD_MLFLOW_PORT=$PORT"
   echo "LOGICAD_MLFLOW_BACKEND_URI=${LOGICAD_MLFLOW_BACKEND_URI:-}"
   echo "LOGICAD_MLFLOW_APP=${LOGICAD_MLFLOW_APP:-}"
+  # MLflow's login app (LOGICAD_MLFLOW_APP=basic-auth): the first admin's password, own config
+  [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] && echo "MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_AUTH_ADMIN_PASSWORD"
+  [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ] && echo "MLFLOW_AUTH_CONFIG_PATH=$MLFLOW_AUTH_CONFIG_PATH"
+  true
 } > "$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
