@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .config import score_only_settings
     from .evaluate.scoring import evaluate_to_dir
-    from .registry.pyfunc import load_payload_any, model_origin
+    from .registry.pyfunc import load_payload_any, model_origin, recorded_category
     from .registry.tracking import default_tracking_uri, preflight
     from .train.checkpoints import method_from_payload
 
@@ -204,10 +204,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if settings:
         method.config = method.config.replace(**settings)
         print(f"scoring with the score-only settings {settings}", flush=True)
+    if args.data is None and args.category is None:  # the synthetic default: the model's own category
+        args.category = recorded_category(args.model, uri)
     data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    out = Path(args.output)
-    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device, compile=args.compile)
+    out = evaluation_dir(args.output, method.name, category)
+    metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device, compile=args.compile,
+                              label=args.model)
     record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics,
               "model": args.model, "mlflow_run_id": origin.get("run_id")}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -216,13 +219,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluation_dir(output: str | None, method: str, category: str | None) -> Path:
+    """--out, refused if it already holds an evaluation (nothing is overwritten), or by default a
+    new `outputs/evaluate/<method>-<category>-<time>` folder."""
+    import time
+
+    from logicad.models.base import ConfigError
+
+    if output is None:
+        base = Path("outputs/evaluate") / f"{method}-{category or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out, n = base, 1
+        while out.exists():
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+        return out
+    if (Path(output) / "metrics.json").exists():
+        raise ConfigError(f"--out {output} already holds an evaluation (metrics.json); choose another folder, "
+                          "or leave --out out for a new one under outputs/evaluate")
+    return Path(output)
+
+
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="re-score a saved model (model.pt, its folder, or a models:/ URI)")
     p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
                                                   "or a model.pt file or its folder")
     _data_args(p)
-    p.add_argument("--out", "--output", dest="output", default="outputs/evaluate",
-                   help="where metrics.json and the plots are written")
+    p.add_argument("--out", "--output", dest="output", default=None,
+                   help="where metrics.json and the plots are written (default: a new folder "
+                        "outputs/evaluate/<method>-<category>-<time>; an existing evaluation is never overwritten)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is available")

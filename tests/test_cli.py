@@ -68,7 +68,29 @@ def test_evaluate_rescores_a_saved_model(capsys, small_loco, category, tmp_path)
     assert code == 0
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert record["method"] == "dfsc" and record["n_test"] == 9 and 0 <= record["image_auroc"] <= 1
-    assert (tmp_path / "eval" / "heatmaps.png").is_file()
+    assert (tmp_path / "eval" / "heatmaps.png").is_file() and (tmp_path / "eval" / "roc_curves.png").is_file()
+    # an evaluation is never overwritten: the same --out is refused, no --out makes a new folder
+    again = ["evaluate", "--model", str(tmp_path / "model"), "--data", str(small_loco), "--category", category, "--cpu"]
+    assert main([*again, "--output", str(tmp_path / "eval")]) == 2
+    assert "already holds an evaluation" in _one_error_line(capsys)
+
+
+def test_evaluate_without_out_writes_a_new_folder_each_time(small_loco, category, tmp_path, monkeypatch):
+    save_model(tmp_path / "model" / "model.pt", _fitted_dfsc(small_loco, category))
+    monkeypatch.chdir(tmp_path)
+    args = ["evaluate", "--model", str(tmp_path / "model"), "--data", str(small_loco), "--category", category, "--cpu"]
+    assert main(args) == 0 and main(args) == 0
+    folders = sorted((tmp_path / "outputs" / "evaluate").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith(f"dfsc-{category}-") for f in folders)
+
+
+def test_the_category_a_model_was_evaluated_on_is_read_from_its_record(tmp_path):
+    from logicad.pipelines.registry.pyfunc import recorded_category
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps({"category": "screw_bag"}))
+    (tmp_path / "model" / "metrics.json").write_text(json.dumps({"category": "screw_bag"}))
+    assert recorded_category(str(tmp_path / "model"), f"sqlite:///{tmp_path / 'none.db'}") == "screw_bag"
 
 
 def test_evaluate_on_a_file_that_is_no_model_fails_in_one_line(capsys, tmp_path):

@@ -61,9 +61,11 @@ def heatmap_grid(
     return path
 
 
-def roc_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]]) -> Path:
-    """ROC curves, one per name: (fpr, tpr, auroc)."""
+def roc_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], title: str = "") -> Path:
+    """ROC curves, one per name: (fpr, tpr, auroc), under `title` (method, category, run)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if title:
+        ax.set_title(title, fontsize=8)
     for name, (fpr, tpr, auroc) in curves.items():
         label = f"{name} (AUROC {auroc:.3f})" if auroc is not None else name
         ax.plot(fpr, tpr, label=label)

@@ -98,7 +98,8 @@ def evaluate_method(
     metrics = evaluator.result()
     metrics["infer_ms_per_image"] = infer_ms_per_image(method, test_set, device, compile=compile)
     metrics["threshold"] = validation_threshold(method, dataset, root, category, device, batch_size, compile)
-    return metrics, {"test_set": test_set, "maps": small_maps, "scores": evaluator.scores, "kinds": evaluator.kinds}
+    return metrics, {"test_set": test_set, "maps": small_maps, "scores": evaluator.scores, "kinds": evaluator.kinds,
+                     "title": f"{method.name} on {category or dataset}"}
 
 
 def write_plots(out_dir: Path, details: dict[str, Any], metrics: dict[str, Any], rows_per_kind: int = 3) -> list[Path]:
@@ -122,7 +123,7 @@ def write_plots(out_dir: Path, details: dict[str, Any], metrics: dict[str, Any],
             curves[f"good vs {kind}"] = (fpr, tpr, metrics.get(f"image_auroc_{kind}"))
     paths = [grid]
     if curves:
-        paths.append(roc_plot(out_dir / ROC_FILE, curves))
+        paths.append(roc_plot(out_dir / ROC_FILE, curves, details.get("title", "")))
     return paths
 
 
@@ -135,10 +136,14 @@ def evaluate_to_dir(
     device: torch.device,
     batch_size: int = 16,
     compile: bool | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    """Evaluate and write metrics.json + plots into `out_dir`; returns the metrics."""
+    """Evaluate and write metrics.json + plots into `out_dir`; returns the metrics. `label` (e.g.
+    the model's URI or run) goes into the plots' titles."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, details = evaluate_method(method, dataset, root, category, device, batch_size, compile)
+    if label:
+        details["title"] = f"{details['title']}\n{label}"
     write_plots(out_dir, details, metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -153,3 +153,28 @@ def model_origin(model: str, tracking_uri: str) -> dict[str, Any]:
         if run_id:
             return {"run_id": run_id, "source": f"recorded in {record}"}
     return {}
+
+
+def recorded_category(model: str, tracking_uri: str) -> str | None:
+    """The category a model was evaluated on, where something records it: a registered
+    version's tag, a run's param, or the `metrics.json` beside a model folder; else None."""
+    import json
+
+    if model.startswith("models:/"):
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        name, _, ref = model.removeprefix("models:/").partition("/")
+        name, at, alias = name.partition("@")
+        version = (client.get_model_version_by_alias(name, alias) if at
+                   else client.get_model_version(name, ref.strip("/") or "1"))
+        return version.tags.get("category") or None
+    if model.startswith("runs:/"):
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        return client.get_run(model.removeprefix("runs:/").split("/")[0]).data.params.get("category") or None
+    path = Path(model)
+    record = (path if path.is_dir() else path.parent) / "metrics.json"
+    if record.is_file():
+        try:
+            return json.loads(record.read_text()).get("category") or None
+        except ValueError:
+            return None
+    return None

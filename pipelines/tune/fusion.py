@@ -85,23 +85,9 @@ def pin(ref: str, uri: str) -> str:
     return f"models:/{name}/{str(version).strip('/')}"
 
 
-def member_category(ref: str, uri: str) -> str | None:
-    """The category a member was evaluated on (its version's tag, or its run folder's record)."""
-    if ref.startswith("models:/"):
-        import mlflow.tracking
-
-        name, _, version = ref.removeprefix("models:/").partition("/")
-        return mlflow.tracking.MlflowClient(uri).get_model_version(name, version).tags.get("category") or None
-    path = Path(ref)
-    record = (path if path.is_dir() else path.parent) / "metrics.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("category")
-    return None
-
-
 def load_members(refs: list[str], uri: str, category: str | None) -> list[tuple[str, Method]]:
     """(pinned ref, method) per member; one line naming the member that cannot be used."""
-    from ..registry.pyfunc import check_store_exists, load_method_any
+    from ..registry.pyfunc import check_store_exists, load_method_any, recorded_category
 
     if len(refs) < 2:
         raise ConfigError(f"--members: a fusion needs two members or more, got {refs}")
@@ -114,7 +100,7 @@ def load_members(refs: list[str], uri: str, category: str | None) -> list[tuple[
             method = load_method_any(pinned)
         except ModelFileError as exc:
             raise ModelFileError(f"fusion member {ref}: {exc}") from None
-        trained_on = member_category(pinned, uri)
+        trained_on = recorded_category(pinned, uri)
         if category and trained_on and trained_on != category:
             raise ConfigError(f"fusion member {ref} was evaluated on category {trained_on!r}, not {category!r}; "
                               "a fusion combines models of one category")
