@@ -30,8 +30,12 @@ class TrainSession:
         return ray.train.get_checkpoint()
 
     def prepare_model(self, method: torch.nn.Module, find_unused_parameters: bool) -> torch.nn.Module:
+        """DDP-wrapped `method`; a method with no trainable parameter (statistics only, e.g. a
+        memory bank on frozen features) as is: DDP refuses it and would have nothing to reduce."""
         import ray.train.torch
 
+        if not any(p.requires_grad for p in method.parameters()):
+            return method
         return ray.train.torch.prepare_model(
             method, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters})
 

@@ -1,8 +1,9 @@
 """The training loop every Ray Train worker (and every Ray Tune trial) runs, for any method.
 
 Life cycle per worker: build the method, `prepare` (statistics all-reduced), wrap in
-DDP (`ray.train.torch.prepare_model`), run each stage's steps on a distributed
-sampler, report a checkpoint every K steps (with the tuning objective when asked),
+DDP (`ray.train.torch.prepare_model`; not a method without trainable parameters), run each
+stage's steps on a distributed sampler (a method may have no stage: statistics only),
+report a checkpoint every K steps (with the tuning objective when asked),
 `finalize` (statistics gathered), and on rank 0 score the test split. A restarted
 worker group resumes from the latest reported checkpoint. The `session` decides
 whether this runs under Ray Train or Ray Tune.
@@ -119,6 +120,8 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     ddp = compiled_step(session.prepare_model(method, method.find_unused_parameters), method,
                         spec.compile_step, announce=rank == 0)
     stages = method.stages()
+    if not stages and rank == 0:
+        print(f"[{spec.method}] no training stage: statistics only (prepare -> finalize)", flush=True)
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
     logger = _step_logger(spec) if rank == 0 else None
@@ -132,17 +135,29 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     method.finalize(_stats_loader(stats_set, config, device), collective)
     objective = _objective(spec, method, val_set, device)
     health = {"resumed_from": None if first_attempt else {"stage": state["stage"], "step": state["step"]},
-              "replica_divergence": replica_divergence(method, collective),
+              "replica_divergence": replica_divergence(method, collective, state=not stages),
               "train_images_per_second": (rates[-1] * (stages[-1].batch_size or config.batch_size) * world_size
                                           if rates else None),
               **objective}
     _report_final(spec, session, method, stages, device, health)
 
 
-def replica_divergence(method: Method, collective) -> float:
-    """Largest difference between workers of any parameter's sum: 0.0 for true DDP replicas."""
-    sums = torch.stack([p.detach().double().sum() for p in method.parameters()]).to(
-        next(method.parameters()).device)
+def replica_divergence(method: Method, collective, state: bool = False) -> float:
+    """Largest difference between workers of any parameter's sum: 0.0 for true DDP replicas.
+
+    state: compare every state-dict tensor (buffers included) by its sum and size instead: what
+    a method without a training stage holds is statistics (a memory bank, a Gaussian), which
+    every worker must have computed identically; it may have no parameter at all."""
+    if not state:
+        sums = torch.stack([p.detach().double().sum() for p in method.parameters()]).to(
+            next(method.parameters()).device)
+    else:
+        tensors = list(method.state_dict().values())
+        if not tensors:
+            return 0.0
+        device = tensors[0].device
+        sums = torch.stack([torch.stack([t.detach().double().sum().to(device), torch.tensor(
+            float(t.numel()), dtype=torch.float64, device=device)]) for t in tensors]).flatten()
     gathered = collective.cat(sums[None])
     return float((gathered - gathered[:1]).abs().max())
 
@@ -347,7 +362,8 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
 
             metrics = evaluate_to_dir(method, spec.dataset, spec.data_root, spec.category, Path(tmp), device,
                                       **spec.eval_options)
-        training = {**_training_state(stages, len(stages) - 1, stages[-1].steps if stages else 0), "finished": True,
+        training = {**_training_state(stages, max(len(stages) - 1, 0), stages[-1].steps if stages else 0),
+                    "finished": True,
                     **health}
         metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
         save_model(Path(tmp) / MODEL_FILE, method, {"training": training, "threshold": metrics.get("threshold")})
