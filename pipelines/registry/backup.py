@@ -71,7 +71,7 @@ class Target:
 def snapshot(db: Path, dest: Path) -> None:
     """Copy `db` into `dest` with sqlite's online backup API: a consistent copy even while
     the MLflow server writes (plain file copies can catch a half-written page)."""
-    source = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    source = sqlite3.connect(db, timeout=30)  # read-write: it may have to roll back a crash's journal
     target = sqlite3.connect(dest)
     try:
         source.backup(target)
