@@ -19,5 +19,9 @@ export LOGICAD_MLFLOW_BACKUP_INTERVAL_S=300
 export LOGICAD_CACHE=\$HOME/.cache/logicad
 export NO_ALBUMENTATIONS_UPDATE=1
 export RAY_USAGE_STATS_ENABLED=0
+# Settings of your own (a managed MLflow database, MLflow's login, credentials) that must not be
+# in the repository: ~/logicad.local.env, e.g. mounted from your machine by cluster.yaml's
+# file_mounts. Read last, so it may override anything above.
+if [ -f "\$HOME/logicad.local.env" ]; then . "\$HOME/logicad.local.env"; fi
 ENV
 echo "wrote $HOME/logicad.env (region $region, bucket $BUCKET)"

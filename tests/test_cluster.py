@@ -409,3 +409,22 @@ def test_tcp_relay_forwards_http(tmp_path):
         loop.call_soon_threadsafe(tasks[0].cancel)
         thread.join(10)
         upstream.shutdown()
+
+
+def test_node_env_takes_the_region_from_instance_metadata_and_sources_cleanly(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_curl = bin_dir / "curl"  # EC2's instance metadata service, as curl would answer it
+    fake_curl.write_text('#!/bin/sh\ncase "$*" in *api/token*) echo token ;; *placement/region*) echo eu-west-1 ;; '
+                         '*) exit 22 ;; esac\n')
+    fake_curl.chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", str(REPO / "scripts" / "node_env.sh"), "my-bucket"], env=env, check=True,
+                   capture_output=True)
+    shown = subprocess.run(["bash", "-c", "source ~/logicad.env && echo $AWS_DEFAULT_REGION $LOGICAD_MLFLOW_BACKUP"],
+                           env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert shown == ["eu-west-1", "s3://my-bucket/mlflow-backup"]
+    (tmp_path / "logicad.local.env").write_text("export LOGICAD_MLFLOW_APP=basic-auth\n")
+    shown = subprocess.run(["bash", "-c", "source ~/logicad.env && echo $LOGICAD_MLFLOW_APP"], env=env, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    assert shown == "basic-auth"
