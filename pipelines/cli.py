@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"no --data: training on the synthetic default ({data}, category {category}) "
               f"with the {preset!r} preset", flush=True)
     preset = None if preset == "none" else preset
+    args.method = method_of(args)
     config = resolve_config(args.method, _sets(args), args.config, preset)
     if preset:
         print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)
@@ -104,11 +105,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                    keep_checkpoints=args.keep_checkpoints, compile_step=args.compile_step, **remote_data(args))
     record = run_train(job)
     print_headline(record)
+    print_registration(record)
     from .train.driver import disk_summary
 
     print("results: " + disk_summary({"run": record["run_dir"], "Ray checkpoints": record["ray_run_dir"]},
                                      filesystem) + f"; latest: {Path(args.output) / 'latest'}")
     return 0
+
+
+def method_of(args: argparse.Namespace) -> str:
+    """--method, else the `method:` of the --config file (a sweep's best_config.yaml), else dfsc."""
+    from .config import read_config_file, read_yaml_mapping
+
+    if args.method:
+        return args.method
+    if args.config:
+        named = read_yaml_mapping(Path(args.config), "a YAML mapping of config keys").get("method")
+        read_config_file(args.config)
+        if named:
+            return str(named)
+    return "dfsc"
+
+
+def print_registration(record: dict) -> None:
+    """Every run registers a version, whatever its quality; say what decides whether it is used."""
+    if record.get("model_uri"):
+        print(f"registered {record['model_uri']} (every run registers a version; `logicad promote` moves "
+              f"@champion to it only if it beats the current champion on the same test data)")
 
 
 def print_headline(record: dict) -> None:
@@ -147,8 +170,8 @@ def positive_int(text: str) -> int:
 
 
 def _method_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="dfsc", choices=tuple(METHODS), metavar="METHOD",
-                   help=f"default dfsc. {methods_help()}")
+    p.add_argument("--method", default=None, choices=tuple(METHODS), metavar="METHOD",
+                   help=f"default: the --config file's method, else dfsc. {methods_help()}")
 
 
 def add_train(sub) -> None:
@@ -284,6 +307,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples {args.num_samples}: expected 1 or more trials")
+    args.method = method_of(args)
     space = load_space(args.space, args.method)
     if args.objective:
         space.objective = args.objective
@@ -298,9 +322,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     record = run_tune(TuneJob(job, space, args.num_samples, filesystem, args.resume, args.gpus_per_trial,
                               prune=not args.keep_trial_checkpoints), args.name)
     name = record["sweep"]
-    print(f"best trial of {name} ({SELECTION}): {space.metric} {record['best_objective']:.4f} "
+    print(f"best trial of {name} (selection: {SELECTION}): {space.metric} {record['best_objective']:.4f} "
           f"({space.objective} objective), params {record['best_params']}")
     print_headline(record)
+    print_registration(record)
     print(f"best config written to {Path(record['sweep_dir']) / 'best_config.yaml'} (logicad train --config FILE)")
     from .train.driver import disk_summary
 

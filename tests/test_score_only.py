@@ -97,6 +97,8 @@ def test_tune_from_run_searches_fusion_weights_without_retraining(small_loco, ca
     assert code == 0
     best_file = next((tmp_path / "out").rglob("best_config.yaml"))
     best = yaml.safe_load(best_file.read_text())
+    assert best["method"] == "glcf"
+    best = best["config"]
     assert 0.0 <= best["w_local"] <= 5.0 and 0.0 <= best["w_global"] <= 5.0
     # the trained model's config, with only the searched keys changed
     assert best["image_size"] == method.config.image_size

@@ -93,7 +93,8 @@ def test_sweep_tracks_trials_and_writes_a_trainable_best_config(small_loco, cate
     best_value = max(r.data.metrics["objective"] for r in ok)  # MLflow's latest value = the last report
     best = yaml.safe_load((tmp_path / "out" / "sweep" / "best_config.yaml").read_text())
     assert best["objective"] == pytest.approx(best_value) and f"objective {best_value:.4f}" in out
-    assert best["selection"] == "selection: each trial's last report" and best["config"]["max_steps"] == 6
+    assert best["selection"] == "each trial's last report" and best["config"]["max_steps"] == 6
+    assert best["method"] == "dfsc" and "budget per trial" in (tmp_path / "out" / "sweep" / "best_config.yaml").read_text()
     version = client.get_model_version(f"logicad-dfsc-{category}", "1")
     assert float(version.tags["best_objective"]) == pytest.approx(best_value) and "last report" in version.tags[
         "selection"]

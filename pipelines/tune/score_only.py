@@ -212,8 +212,10 @@ def _report(args, uri: str, ref: str, method: Method, space: SearchSpace, object
     config = method.config.replace(**params).to_dict()
     out = Path(getattr(args, "output", None) or "outputs/tune") / name
     out.mkdir(parents=True, exist_ok=False)
-    (out / "best_config.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
-                                                          for k, v in config.items()}, sort_keys=True))
+    (out / "best_config.yaml").write_text(yaml.safe_dump(
+        {"method": method.name, "from_model": ref, "selection": "best setting on the cached objective images",
+         space.metric: float(best.metrics[space.metric]),
+         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}, sort_keys=False))
     frame = results.get_dataframe()
     frame.to_csv(out / "trials.csv", index=False)
     value = best.metrics[space.metric]

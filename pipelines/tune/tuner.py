@@ -32,7 +32,7 @@ from ..train.worker import WorkerSpec, tune_trial
 #: How the best trial is chosen, everywhere (printout, best_config.yaml, registered version's
 #: tags): each trial's LAST report, i.e. the objective of the model the trial ended with (the
 #: final checkpoint, which is the one registered). ASHA-stopped trials count with their last rung.
-SELECTION = "selection: each trial's last report"
+SELECTION = "each trial's last report"
 SCOPE = "last"
 
 
@@ -195,6 +195,17 @@ def best_config(tj: TuneJob, params: dict[str, Any]) -> dict[str, Any]:
     return tj.job.config.replace(**params).to_dict()
 
 
+def best_config_text(method: str, sweep: str, metric: str, value: Any, config: dict[str, Any]) -> str:
+    """best_config.yaml: the method, the sweep, how the trial was chosen, its objective and its whole
+    config, headed by a note that max_steps is the sweep's per-trial budget (`logicad train --config
+    FILE --max-steps N` trains longer)."""
+    note = (f"# logicad train --config this file (the method is read from it). max_steps {config.get('max_steps')} "
+            f"is the sweep's budget per trial;\n# pass --max-steps N for a longer run.\n")
+    body = {"method": method, "sweep": sweep, "selection": SELECTION, metric: value,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
+    return note + yaml.safe_dump(body, sort_keys=False)
+
+
 def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, Any]:
     """Score the best trial on the test split, register its model, write the best config."""
     from ..evaluate.scoring import evaluate_to_dir
@@ -207,9 +218,8 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
     out = Path(job.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     config = best_config(tj, best.config["params"])
-    (out / "best_config.yaml").write_text(yaml.safe_dump({
-        "method": job.method, "sweep": name, "selection": SELECTION,
-        tj.space.metric: best.metrics.get(tj.space.metric), "config": config}))
+    (out / "best_config.yaml").write_text(best_config_text(job.method, name, tj.space.metric,
+                                                           best.metrics.get(tj.space.metric), config))
     with tempfile.TemporaryDirectory() as tmp:
         best.checkpoint.to_directory(tmp)
         method = load_model(Path(tmp) / MODEL_FILE)
