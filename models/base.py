@@ -332,7 +332,7 @@ def build_method(name: str, config: MethodConfig | None = None, **overrides: Any
     return cls(config)
 
 
-_BUILTIN = ("dfsc", "glcf", "slsg", "fod", "patchcore", "global_gaussian")
+_BUILTIN = ("dfsc", "glcf", "slsg", "fod", "patchcore", "global_gaussian", "fusion")
 
 
 def _import_builtin_methods() -> None:
