@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar per registration
 
 from .catalogue import COMPILE_MODES, DEBUG_BACKENDS, METHODS, OBJECTIVES, PRESETS, methods_help
 from .data_source import cache_dir, remote_data, resolve_data

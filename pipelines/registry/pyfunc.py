@@ -20,6 +20,8 @@ import torch
 from ..train.checkpoints import MODEL_FILE, ModelFileError, load_model, method_from_payload, read_model_file
 
 MODEL_ARTIFACT = "model"
+#: the file MLflow logs as the model's code (models-from-code: nothing pickled)
+MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
 def _images_from(model_input: Any) -> list[np.ndarray]:
@@ -77,7 +79,7 @@ def log_and_register(run_id: str, model_file: Path, registered_model_name: str |
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=LogicadModel(),
+            python_model=str(MODEL_CODE),
             artifacts={MODEL_ARTIFACT: str(model_file)},
             registered_model_name=registered_model_name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "numpy", "pillow", "logicad"],
