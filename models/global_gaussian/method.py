@@ -50,11 +50,6 @@ class GlobalGaussianConfig(MethodConfig):
     #: "patch" (the distance's patch-level shares) or "uniform" (the distance everywhere)
     map_mode: str = "patch"
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # the defaults run on a CPU in seconds; the name exists for `logicad train` without
-        # --data and the quality benchmark
-        "cpu-synthetic": {},
-    }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **MethodConfig.CHOICES,
         "pooling": tuple(scoring.POOLINGS),

@@ -50,11 +50,6 @@ class PatchCoreConfig(MethodConfig):
     #: "torch" (exact, batched) or "faiss" (exact IndexFlatL2; needs faiss installed)
     search_backend: str = "torch"
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # the defaults already run on a CPU (a category of the synthetic set in seconds); the
-        # name exists so `logicad train` without --data and the quality benchmark accept it
-        "cpu-synthetic": {},
-    }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **MethodConfig.CHOICES,
         "search_backend": ("torch", "faiss"),
