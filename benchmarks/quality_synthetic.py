@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from logicad.data import load_split
 from logicad.data.synthetic import CATEGORIES, SyntheticSpec, make_synthetic
+from logicad.models.base import method_class
 from logicad.pipelines.config import resolve_config
 from logicad.pipelines.train.checkpoints import load_model
 from logicad.pipelines.train.driver import TrainJob, ensure_ray, run_train
@@ -114,13 +115,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", default="dfsc")
     parser.add_argument("--out", default=None, help="default benchmarks/results/<method>_synthetic.json")
-    parser.add_argument("--preset", default="cpu-synthetic")
+    parser.add_argument("--preset", default="cpu-synthetic",
+                        help="'none' for the defaults; a method without this preset runs its defaults")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--rescore", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]")
     parser.add_argument("--no-reference", action="store_true", help="skip the parameter-free references")
     parser.add_argument("--reference-size", type=int, default=128, help="image size of the references")
     args = parser.parse_args()
+    presets = method_class(args.method).config_cls.PRESETS
+    args.preset = args.preset if args.preset in presets else None
     settings = parse_rescore(args.rescore)
     ensure_ray()
     rows, references = {}, {}

@@ -218,6 +218,8 @@ class Method(nn.Module):
     #: the training step may be captured by torch.compile / CUDA graphs (off for steps with
     #: data-dependent Python control flow or host reads)
     compilable_step: ClassVar[bool] = False
+    #: False for a method that is statistics only (`stages()` is []; `max_steps` unused)
+    trains: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()

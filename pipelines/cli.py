@@ -89,12 +89,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     storage, filesystem = _storage(args)
     data, category, synthetic = resolve_data(args)
     preset = args.preset
-    if synthetic:
-        preset = preset or DEFAULT_PRESET
-        print(f"no --data: training on the synthetic default ({data}, category {category}) "
-              f"with the {preset!r} preset", flush=True)
-    preset = None if preset == "none" else preset
     args.method = method_of(args)
+    if synthetic:
+        preset = preset or (DEFAULT_PRESET if DEFAULT_PRESET in PRESETS.get(args.method, ()) else None)
+        print(f"no --data: training on the synthetic default ({data}, category {category})"
+              + (f" with the {preset!r} preset" if preset else ""), flush=True)
+    preset = None if preset == "none" else preset
     config = resolve_config(args.method, _sets(args), args.config, preset)
     if preset:
         print(f"preset {preset!r}: {config.PRESETS[preset]}", flush=True)

@@ -38,3 +38,8 @@ def test_without_a_cpu_preset_the_projection_names_max_steps_that_fit():
 def test_short_or_gpu_runs_only_project():
     assert "over an hour" not in projection_line(10, 600, 2.0, "cpu", "cpu")
     assert "over an hour" not in projection_line(10, 70000, 2.0, "gpu", "cpu")
+
+
+def test_a_statistics_only_method_plans_no_training_steps():
+    line = plan_line(TrainJob("patchcore", resolve_config("patchcore")), GpuDecision(0.0, ""))
+    assert line.startswith("plan: patchcore statistics only (no training) at 128 px")

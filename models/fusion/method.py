@@ -80,6 +80,7 @@ class Fusion(Method):
     name = "fusion"
     config_cls = FusionConfig
     config: FusionConfig
+    trains = False
 
     def __init__(self, config: FusionConfig | None = None) -> None:
         super().__init__(config or FusionConfig())

@@ -77,6 +77,7 @@ class GlobalGaussian(Method):
     name = "global_gaussian"
     config_cls = GlobalGaussianConfig
     config: GlobalGaussianConfig
+    trains = False
 
     def __init__(self, config: GlobalGaussianConfig | None = None) -> None:
         super().__init__(config or GlobalGaussianConfig())

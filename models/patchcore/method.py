@@ -79,6 +79,7 @@ class PatchCore(Method):
     name = "patchcore"
     config_cls = PatchCoreConfig
     config: PatchCoreConfig
+    trains = False
 
     def __init__(self, config: PatchCoreConfig | None = None) -> None:
         super().__init__(config or PatchCoreConfig())

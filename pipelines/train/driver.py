@@ -13,7 +13,7 @@ from typing import Any
 
 from logicad.data import load_defects, scan, check_ground_truth
 from logicad.models.backbones import SHIPPED, BackboneWeightsError, check_weights, describe_source
-from logicad.models.base import ConfigError, MethodConfig
+from logicad.models.base import ConfigError, MethodConfig, method_class
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
@@ -200,7 +200,8 @@ def plan_line(job: TrainJob, gpus: GpuDecision) -> str:
     c = job.config
     device = f"{gpus.per_unit:g} GPU per worker" if gpus.use_gpu else "CPU"
     features = feature_sources(c)
-    return (f"plan: {job.method} for {c.max_steps} steps at {c.image_size} px, batch {c.batch_size} x "
+    steps = f"for {c.max_steps} steps" if method_class(job.method).trains else "statistics only (no training)"
+    return (f"plan: {job.method} {steps} at {c.image_size} px, batch {c.batch_size} x "
             f"{job.workers} worker(s), precision {c.precision}, on {device}" +
             (f" (preset {job.preset})" if job.preset else " (no preset: the paper's settings)") +
             (f"; backbone weights {features}" if features else ""))
