@@ -607,3 +607,70 @@ def test_traceable_maps_equal_the_eager_maps_under_either_map_norm():
         model.config = model.config.replace(map_norm=map_norm)
         with torch.inference_mode():
             assert torch.allclose(model.traceable_maps(images), model.anomaly_map(images), atol=1e-6)
+
+
+# --- teacher="backbone": the frozen pretrained backbone is the teacher ----------------------------
+def _backbone_model(**overrides) -> DFSC:
+    """A backbone-teacher DFSC at 64 px (random backbone weights unless given: fast)."""
+    return _model(teacher="backbone", teacher_backbone_weights="", **overrides)
+
+
+def test_backbone_teacher_output_is_the_levels_pooled_resized_and_concatenated():
+    model = _backbone_model()
+    images = _images(2, 64)
+    levels = model.teacher.backbone(F.interpolate(images, size=128, mode="bilinear", align_corners=False))
+    assert [lvl.shape[1] for lvl in levels] == [40, 112] and model.channels == 152
+    expected = torch.cat([F.interpolate(F.avg_pool2d(lvl, 3, 1, 1, count_include_pad=False), size=8,
+                                        mode="bilinear", align_corners=False, antialias=True) for lvl in levels], 1)
+    out = model.teacher(images)
+    assert out.shape == (2, 152, 8, 8) and torch.allclose(out, expected, atol=1e-5)
+    assert model.student.conv4.out_channels == 304 and model.autoencoder.head[-1].out_channels == 152
+    assert model.teacher_mean.shape == (152,)
+
+
+def test_preset_with_the_backbone_teacher_builds_with_the_shipped_imagenet_weights():
+    from logicad.models.backbones import create_backbone
+
+    config = DFSCConfig.build(preset="cpu-synthetic")
+    assert config.teacher == "backbone" and config.teacher_backbone_weights == "imagenet-lite0"
+    assert config.teacher_strides == (8,)
+    assert DFSCConfig.BACKBONE_WEIGHTS == {"teacher_backbone_weights": "teacher_backbone"}
+    model = DFSC(config)
+    assert model.channels == 40 and model.teacher(torch.zeros(1, 3, 128, 128)).shape == (1, 40, 24, 24)
+    pretrained, _ = create_backbone("tf_efficientnet_lite0", "imagenet-lite0", out_indices=(2,))
+    ours = model.teacher.backbone.state_dict()
+    assert ours.keys() == pretrained.state_dict().keys()
+    assert all(torch.equal(v, ours[k]) for k, v in pretrained.state_dict().items())
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert any("imagenet-lite0" in line for line in model.describe())
+
+
+def test_backbone_teacher_model_reloads_from_its_state_dict_and_scores_identically():
+    from logicad.models.backbones import restoring_saved_weights
+
+    model = _backbone_model()
+    images = _images(4, 64)
+    model.prepare(_batches(images, 2))
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    _train(model, _batches(images, 2), 3)
+    assert all(torch.equal(v, model.teacher.state_dict()[k]) for k, v in before.items())  # frozen
+    model.finalize(_batches(_images(3, 64, seed=5), 3))
+    with restoring_saved_weights():
+        torch.manual_seed(123)  # another random init: everything must come from the state dict
+        fresh = DFSC(model.config)
+    fresh.load_state_dict(model.state_dict())
+    test = _images(3, 64, seed=9)
+    maps, maps_fresh = model.eval().anomaly_map(test), fresh.eval().anomaly_map(test)
+    assert torch.equal(maps, maps_fresh)
+
+
+def test_backbone_teacher_keys_are_validated():
+    with pytest.raises(ConfigError, match="teacher_weights"):
+        DFSCConfig().replace(teacher="backbone", teacher_weights="t.pth")
+    with pytest.raises(ConfigError, match="teacher_pool"):
+        DFSCConfig().replace(teacher_pool=2)
+    with pytest.raises(ConfigError, match="teacher_strides"):
+        _backbone_model(teacher_strides=(8, 64))
+    with pytest.raises(ConfigError, match="teacher'"):
+        DFSCConfig().replace(teacher="wrn")
+    assert DFSCConfig().teacher == "pdn"  # the paper's teacher stays the default

@@ -164,3 +164,30 @@ def test_create_backbone_from_the_hub_fails_fast_offline(monkeypatch):
     with pytest.raises(BackboneWeightsError, match="not available offline"):
         create_backbone("resnet18", "hub")
     assert time.perf_counter() - start < 20
+
+
+def test_distill_teacher_reports_every_step_to_on_step():
+    seen = []
+    _, history = distill_teacher(_image_batches(), backbone="resnet18", backbone_weights=None, steps=3,
+                                 image_size=64, norm_batches=1, on_step=lambda step, loss: seen.append((step, loss)))
+    assert seen == list(zip([1, 2, 3], history))
+
+
+def test_distill_teacher_cli_prints_step_loss_and_eta(tmp_path, capsys):
+    import argparse
+
+    import numpy as np
+    from logicad.pipelines.train.distill import cmd_distill_teacher
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    args = argparse.Namespace(images=str(folder), backbone="resnet18", backbone_weights=None, steps=4, image_size=64,
+                              batch_size=2, max_images=10, out=str(tmp_path / "t.pth"), cpu=True, log_every=2)
+    assert cmd_distill_teacher(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[distill-teacher] step")]
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
+    assert all(" loss " in line and " ETA " in line for line in lines)

@@ -20,24 +20,36 @@ def image_folder_dataset(root: Path, image_size: int, max_images: int) -> Anomal
     return AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], image_size, train_transform(augment=True))
 
 
+def _synthetic_root() -> Path:
+    """The synthetic default dataset's root (generated on first use)."""
+    from ..data_source import synthetic_default
+
+    return synthetic_default()[0]
+
+
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
     from logicad.models.distill import distill_teacher, save_teacher
 
-    from ..cli import synthetic_default
     from .progress import Progress, format_seconds
 
-    root = Path(args.images) if args.images else synthetic_default()[0]
+    root = Path(args.images) if args.images else _synthetic_root()
     dataset = image_folder_dataset(root, 2 * args.image_size, args.max_images)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=len(dataset) > args.batch_size)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     print(f"distilling a PDN-S teacher from {args.backbone} on {len(dataset)} images of {root} "
-          f"for {args.steps} steps on {device}", flush=True)
+          f"for {args.steps} steps on {device}; first the target's channel mean/std over up to 100 batches",
+          flush=True)
     start = time.perf_counter()
-    progress = Progress("distill-teacher", args.steps)
     every = args.log_every or max(args.steps // 20, 1)
+    progress: list[Progress] = []  # started at the first step: the feature statistics pass is not a step
+
+    def on_step(step: int, loss: float) -> None:
+        if not progress:
+            progress.append(Progress("distill-teacher", args.steps, start=step - 1))
+        progress[0].update(step, {"loss": loss}, every)
+
     teacher, history = distill_teacher(loader, args.backbone, args.backbone_weights, args.steps, args.image_size,
-                                       device=device, on_step=lambda step, loss: progress.update(
-                                           step, {"loss": loss}, every))
+                                       device=device, on_step=on_step)
     path = save_teacher(args.out, teacher, {"images": str(root)})
     print(f"teacher written to {path} (final loss {history[-1]:.4f}, "
           f"{format_seconds(time.perf_counter() - start)}); use it with --set teacher_weights={path}")
