@@ -631,7 +631,8 @@ def test_backbone_teacher_output_is_the_levels_pooled_resized_and_concatenated()
 def test_preset_with_the_backbone_teacher_builds_with_the_shipped_imagenet_weights():
     from logicad.models.backbones import create_backbone
 
-    config = DFSCConfig.build(preset="cpu-synthetic")
+    assert DFSCConfig.build(preset="cpu-synthetic").teacher == "pdn"  # the default stays the measured one
+    config = DFSCConfig.build(preset="cpu-synthetic-pretrained")
     assert config.teacher == "backbone" and config.teacher_backbone_weights == "imagenet-lite0"
     assert config.teacher_strides == (8,)
     assert DFSCConfig.BACKBONE_WEIGHTS == {"teacher_backbone_weights": "teacher_backbone"}
