@@ -6,16 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from logicad.data import AnomalyDataset, Sample
-from logicad.data.layouts import images_below
-from logicad.data.transforms import train_transform
+# torch and the data modules are imported where used: building the CLI parser must stay light
 
 
-def image_folder_dataset(root: Path, image_size: int, max_images: int) -> AnomalyDataset:
+def image_folder_dataset(root: Path, image_size: int, max_images: int):
     """Every image below `root` (recursively, sorted), at most `max_images`, decoded once."""
+    from logicad.data import AnomalyDataset, Sample
+    from logicad.data.layouts import images_below
+    from logicad.data.transforms import train_transform
+
     paths = images_below(root)[:max_images]
     return AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], image_size, train_transform(augment=True))
 
@@ -28,6 +27,9 @@ def _synthetic_root() -> Path:
 
 
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
     from logicad.models.distill import distill_teacher, save_teacher
 
     from .progress import Progress, format_seconds
@@ -61,12 +63,13 @@ def add_distill_teacher(sub) -> None:
     p.add_argument("--images", default=None, help="folder of images, searched recursively (default: synthetic)")
     p.add_argument("--backbone", default="wide_resnet101_2", help="any timm model with features_only")
     p.add_argument("--backbone-weights", default=None, help="a shipped source (imagenet-lite0), a local weight file, or 'hub' (default: random init)")
-    p.add_argument("--steps", type=int, default=60000)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-images", type=int, default=20000)
-    p.add_argument("--out", "--output", dest="out", default="teacher.pth")
+    p.add_argument("--steps", type=int, default=60000, help="distillation steps (EfficientAD: 60000)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="the PDN's input size (the backbone sees twice this, as in EfficientAD)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--max-images", type=int, default=20000, help="use at most this many images of --images")
+    p.add_argument("--out", "--output", dest="out", default="teacher.pth", help="the teacher file written")
     p.add_argument("--log-every", type=int, default=0,
                    help="print step, loss and ETA every N steps (default: 20 lines per run)")
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="distil on the CPU even where a GPU is available")
     p.set_defaults(func=cmd_distill_teacher)
