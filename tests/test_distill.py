@@ -132,7 +132,8 @@ def test_loading_a_saved_model_does_not_announce_random_backbones(caplog, tmp_pa
     from logicad.models.base import method_class
     from logicad.pipelines.train.checkpoints import load_model, save_model
 
-    config = method_class("glcf").config_cls.build({"image_size": 64}, preset="cpu-synthetic")
+    config = method_class("glcf").config_cls.build(
+        {"image_size": 64, "backbone": "resnet18", "backbone_weights": "random"}, preset="cpu-synthetic")
     method = build_method("glcf", config)  # a random ResNet-18 teacher
     save_model(tmp_path / "model.pt", method)
     backbones._WARNED_RANDOM.discard("resnet18")

@@ -30,7 +30,8 @@ budget: {num_samples: 12, max_concurrent: 2}
 
 
 def _glcf(data: Path, category: str):
-    """A small random-init GLCF, finalized on the training images (no training: not needed here)."""
+    """A small GLCF (the preset's pretrained teacher, untrained decoders), finalized on the training
+    images (no training: not needed here)."""
     from logicad.models.base import method_class
 
     torch.manual_seed(0)
