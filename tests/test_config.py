@@ -64,10 +64,14 @@ def test_parse_sets_splits_on_the_first_equals():
     assert parse_sets(["a=b=c", " k = v "]) == {"a": "b=c", "k": "v"}
 
 
-def test_weight_sources_that_are_not_paths_pass_the_path_check_and_missing_files_do_not(tmp_path):
+def test_weight_sources_that_are_not_paths_pass_the_path_check_and_missing_files_do_not(tmp_path, monkeypatch):
     from logicad.pipelines.train.driver import check_paths
 
-    for source in ("hub", "random"):
-        check_paths(resolve_config("glcf", [f"backbone_weights={source}"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for source in ("hub", "random", "imagenet-lite0"):
+        check_paths(resolve_config("glcf", [f"backbone_weights={source}", "backbone=tf_efficientnet_lite0"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub offline: refused before any worker starts
+    with pytest.raises(ConfigError, match="'backbone_weights'.*not available offline from the timm hub"):
+        check_paths(resolve_config("glcf", ["backbone_weights=hub"]))
     with pytest.raises(ConfigError, match="'backbone_weights'.*does not exist"):
         check_paths(resolve_config("glcf", [f"backbone_weights={tmp_path / 'missing.pth'}"]))
