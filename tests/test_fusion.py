@@ -229,3 +229,19 @@ def test_a_labelled_folder_without_kind_folders_fails_in_one_line(capsys, regist
                  "--labelled", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "no labelled anomalies" in err
+
+
+def test_among_settings_the_objective_cannot_tell_apart_every_member_is_kept():
+    import pandas as pd
+
+    from logicad.pipelines.tune.fusion import choose_setting
+    from logicad.pipelines.tune.search_space import SearchSpace
+
+    space = SearchSpace(method="fusion", space={"rule": {"choice": ["sum", "max"]}, "weights": {"choice": ["1,0"]}})
+    frame = pd.DataFrame({"objective": [1.0, 1.0, 1.0, 0.9], "config/rule": ["max", "sum", "sum", "sum"],
+                          "config/weights": ["0,1", "1,0.5", "1,1", "1,1"]})
+    assert choose_setting(frame, space) == ({"rule": "sum", "weights": "1,1"}, 1.0)
+    frame.loc[3, "objective"] = 1.5  # a clear winner is taken whatever it drops
+    assert choose_setting(frame, space) == ({"rule": "sum", "weights": "1,1"}, 1.5)
+    frame.loc[3, "config/weights"] = "0,1"
+    assert choose_setting(frame, space)[0]["weights"] == "0,1"

@@ -151,6 +151,29 @@ def fusion_space(path: str | None, fusion: Fusion) -> SearchSpace:
     return space
 
 
+#: rule preference among settings the objective cannot tell apart
+RULE_ORDER = {"sum": 0, "rank": 1, "max": 2}
+
+
+def choose_setting(frame, space: SearchSpace, tolerance: float = 1e-6) -> tuple[dict[str, Any], float]:
+    """(searched keys of the best trial, its objective). Among trials the objective cannot tell
+    apart (within `tolerance`: few validation normals often put many settings at 1.0), keep every
+    member rather than dropping one on no evidence: the most members with non-zero weight, then
+    the most even weights, then sum before rank before max, then the first tried."""
+    scores = frame[space.metric]
+    best = scores.max() if space.mode == "max" else scores.min()
+    ties = frame[(scores - best).abs() <= tolerance]
+
+    def preference(row) -> tuple:
+        weights = [float(w) for w in str(row.get("config/weights", "1")).split(",")]
+        used = [w for w in weights if w > 0]
+        return (-len(used), max(used) - min(used), RULE_ORDER.get(row.get("config/rule"), 3))
+
+    chosen = min((row for _, row in ties.iterrows()), key=preference)
+    params = {k: chosen[f"config/{k}"] for k in space.space}
+    return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}, float(chosen[space.metric])
+
+
 def member_aurocs(fusion: Fusion, parts: dict[str, torch.Tensor], kinds: list[str]) -> list[dict[str, Any]]:
     """Each member's own image AUROCs from cached parts."""
     return [image_aurocs(parts[f"score_{i}"].numpy(), kinds) for i in range(len(fusion.members))]
@@ -183,11 +206,11 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     name = job.name or f"fusion-{job.category or job.dataset}-{stamp}"
     num_samples = job.num_samples or space.budget_value("num_samples", 200)
     results = run_score_only_sweep(fusion, space, parts, kinds, num_samples, job.storage_path, name)
-    best = results.get_best_result(metric=space.metric, mode=space.mode)
-    params = {k: v for k, v in best.config.items() if k in space.space}
+    frame = results.get_dataframe()
+    params, best_value = choose_setting(frame, space)
     fusion.config = fusion.config.replace(**{**space.fixed, **params})
-    record = _evaluate_and_save(job, fusion, members, name, objective, best.metrics[space.metric], params,
-                                len(results.get_dataframe()), time.perf_counter() - start)
+    record = _evaluate_and_save(job, fusion, members, name, objective, best_value, params, len(frame),
+                                time.perf_counter() - start)
     return record
 
 
