@@ -37,6 +37,7 @@ import contextlib
 import contextvars
 import importlib.util
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -378,6 +379,40 @@ def _timm_load_report() -> Iterator[dict[str, list[str]]]:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+class FrozenFeatures(nn.Module):
+    """A frozen timm feature extractor (`self.model`) at the given strides, always in eval mode
+    (its BatchNorm statistics never move). Methods subclass it for their own forward (pooling,
+    dtype handling); `channels` and `strides` describe the levels it returns."""
+
+    def __init__(self, name: str, weights: str | None, strides: Sequence[int]) -> None:
+        from .base import ConfigError  # base does not import this module: no cycle
+
+        super().__init__()
+        indices = [int(round(math.log2(s))) - 1 for s in strides]
+        if any(i < 0 for i in indices) or any(2 ** (i + 1) != s for i, s in zip(indices, strides)):
+            raise ConfigError(f"config key 'strides' must be powers of two >= 2, got {list(strides)}")
+        try:
+            self.model, self.source = create_backbone(name, weights, out_indices=indices)
+        except IndexError:
+            raise ConfigError(f"config key 'strides': backbone {name} has no levels at strides {list(strides)}") \
+                from None
+        got = feature_reductions(self.model)
+        if got != list(strides):
+            raise ConfigError(f"config key 'strides': backbone {name} gives strides {got} for out_indices "
+                              f"{indices}, wanted {list(strides)}")
+        self.channels: list[int] = feature_channels(self.model)
+        self.strides = list(strides)
+        self.model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "FrozenFeatures":
+        super().train(False)  # frozen: always eval
+        return self
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """B x 3 x S x S -> [B x C_l x S/r_l x S/r_l] per stride."""
+        return list(self.model(images))
 
 
 def feature_channels(model: nn.Module) -> list[int]:

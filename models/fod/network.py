@@ -8,7 +8,6 @@ D = d_model, H heads, Dh = D / H.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import create_backbone, feature_channels, feature_reductions
+from ..backbones import FrozenFeatures
 from ..base import ConfigError
 
 #: sigma = SIGMA_BASE ** (sigmoid(SIGMA_SLOPE * s) + SIGMA_FLOOR) - 1: in (1.1e-5, 2] grid cells
@@ -35,31 +34,13 @@ def sigma_bound() -> float:
     return SIGMA_BASE ** (1.0 + SIGMA_FLOOR) - 1.0
 
 
-class PooledBackbone(nn.Module):
+class PooledBackbone(FrozenFeatures):
     """Frozen timm feature extractor at the given strides, each map through a k x k average
     pool (stride 1, padding k // 2). images B x 3 x S x S -> [B x C_l x S/r_l x S/r_l]."""
 
     def __init__(self, name: str, weights: str, strides: Sequence[int], pool_size: int = 3) -> None:
-        super().__init__()
-        indices = [int(round(math.log2(s))) - 1 for s in strides]
-        if any(i < 0 for i in indices) or any(2 ** (i + 1) != s for i, s in zip(indices, strides)):
-            raise ConfigError(f"config key 'strides' must be powers of two >= 2, got {list(strides)}")
-        try:
-            self.model, self.source = create_backbone(name, weights, out_indices=indices)
-        except IndexError:
-            raise ConfigError(f"config key 'strides': backbone {name} has no levels at strides {list(strides)}") \
-                from None
-        got = feature_reductions(self.model)
-        if got != list(strides):
-            raise ConfigError(f"config key 'strides': backbone {name} gives strides {got} for out_indices "
-                              f"{indices}, wanted {list(strides)}")
-        self.channels = feature_channels(self.model)
+        super().__init__(name, weights, strides)
         self.pool_size = pool_size
-        self.model.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> PooledBackbone:
-        super().train(False)  # frozen: always eval (BatchNorm statistics never move)
-        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         k = self.pool_size

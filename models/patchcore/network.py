@@ -7,43 +7,17 @@ patch features live on the finest level's h x w grid with C = sum of C_l channel
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..backbones import create_backbone, feature_channels, feature_reductions
-from ..base import ConfigError
+from ..backbones import FrozenFeatures
 
 
-class FrozenBackbone(nn.Module):
+class FrozenBackbone(FrozenFeatures):
     """timm feature extractor at the given strides, frozen and always in eval mode (its
     BatchNorm statistics never move). images B x 3 x S x S -> [B x C_l x S/r_l x S/r_l], float32."""
-
-    def __init__(self, name: str, weights: str, strides: Sequence[int]) -> None:
-        super().__init__()
-        indices = [int(round(math.log2(s))) - 1 for s in strides]
-        if any(i < 0 for i in indices) or any(2 ** (i + 1) != s for i, s in zip(indices, strides)):
-            raise ConfigError(f"config key 'strides' must be powers of two >= 2, got {list(strides)}")
-        try:
-            self.model, self.source = create_backbone(name, weights, out_indices=indices)
-        except IndexError:
-            raise ConfigError(f"config key 'strides': backbone {name} has no levels at strides {list(strides)}") \
-                from None
-        got = feature_reductions(self.model)
-        if got != list(strides):
-            raise ConfigError(f"config key 'strides': backbone {name} gives strides {got} for out_indices "
-                              f"{indices}, wanted {list(strides)}")
-        self.channels: list[int] = feature_channels(self.model)
-        self.strides = list(strides)
-        self.model.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> FrozenBackbone:
-        super().train(False)
-        return self
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
