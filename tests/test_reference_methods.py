@@ -5,7 +5,6 @@ runs where 2 workers build exactly the state 1 worker builds."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from logicad.models.global_gaussian.scoring import descriptors, patch_shares
 from logicad.models.patchcore import greedy_coreset, nearest, random_projection
 from logicad.models.patchcore.network import aggregate, fixed_shape_forward
 from logicad.pipelines.train.checkpoints import MODEL_FILE, load_model, read_model_file, save_model
-from logicad.pipelines.train.session import TuneSession
 from logicad.pipelines.train.worker import WorkerSpec, run_loop
 
+from local_session import LocalSession
 from registry_check import assert_registered_model_scores_alike
 
 SMALL = {"image_size": 64, "backbone_weights": "random"}
@@ -249,36 +248,13 @@ def test_global_gaussian_on_imagenet_features_ranks_a_missing_or_extra_part_abov
 
 
 # --- the generic loop without a training stage ---------------------------------------------
-class _Session(TuneSession):
-    """The loop's session without Ray: CPU, an optional checkpoint to resume from, reports kept."""
-
-    def __init__(self, checkpoint_dir: Path | None = None) -> None:
-        self.checkpoint_dir, self.reports = checkpoint_dir, []
-
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def latest_checkpoint(self):
-        if self.checkpoint_dir is None:
-            return None
-        directory = self.checkpoint_dir
-
-        class _Checkpoint:
-            @contextlib.contextmanager
-            def as_directory(self):
-                yield str(directory)
-
-        return _Checkpoint()
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        self.reports.append((metrics, read_model_file(checkpoint_dir / MODEL_FILE) if checkpoint_dir else None))
 
 
 @pytest.mark.parametrize("name", ["patchcore", "global_gaussian"])
 def test_the_loop_runs_statistics_only_and_resumes_a_finished_run(name, small_loco, category, tmp_path, capsys):
     spec = WorkerSpec(method=name, config=SMALL, dataset="mvtec_loco", data_root=str(small_loco),
                       category=category, evaluate=False)
-    session = _Session()
+    session = LocalSession()
     run_loop(spec, session)
     assert "statistics only" in capsys.readouterr().out
     (metrics, payload), = session.reports
@@ -286,7 +262,7 @@ def test_the_loop_runs_statistics_only_and_resumes_a_finished_run(name, small_lo
     assert metrics["final"] and metrics["step"] == 0 and metrics["replica_divergence"] == 0.0
     assert training["finished"] and training["optimizers"] == [] and training["train_images_per_second"] is None
     torch.save(payload, tmp_path / MODEL_FILE)
-    again = _Session(tmp_path)
+    again = LocalSession(tmp_path)
     run_loop(spec, again)  # resumes the finished run: nothing to compute, the state as saved
     (_, resumed), = again.reports
     for key, value in payload["state_dict"].items():

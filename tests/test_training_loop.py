@@ -4,7 +4,6 @@ on entry and on resume, the split `finalize` reads, deferred loss reads, non-fin
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,9 +15,10 @@ from torch.utils.data import Dataset
 
 from logicad.data.views import VIEWS, register_view, training_view
 from logicad.models.base import METHODS, Method, MethodConfig, Stage, register
-from logicad.pipelines.train.checkpoints import MODEL_FILE, read_model_file, save_model
-from logicad.pipelines.train.session import TuneSession
+from logicad.pipelines.train.checkpoints import MODEL_FILE, save_model
 from logicad.pipelines.train.worker import LossTracker, NonFiniteLossError, WorkerSpec, run_loop
+
+from local_session import LocalSession
 
 
 @dataclass
@@ -92,30 +92,6 @@ class Toy(Method):
         return self.head(images).abs()
 
 
-class LocalSession(TuneSession):
-    """The loop's session without Ray: CPU, an optional checkpoint to resume from, reports kept."""
-
-    def __init__(self, checkpoint_dir: Path | None = None) -> None:
-        self.checkpoint_dir, self.reports = checkpoint_dir, []
-
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def latest_checkpoint(self):
-        if self.checkpoint_dir is None:
-            return None
-        directory = self.checkpoint_dir
-
-        class _Checkpoint:
-            @contextlib.contextmanager
-            def as_directory(self):
-                yield str(directory)
-
-        return _Checkpoint()
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        payload = read_model_file(checkpoint_dir / MODEL_FILE) if checkpoint_dir else None
-        self.reports.append((metrics, payload))
 
 
 def _spec(data: Path, category: str, **config: Any) -> WorkerSpec:
