@@ -116,16 +116,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def method_of(args: argparse.Namespace) -> str:
     """--method, else the `method:` of the --config file (a sweep's best_config.yaml), else dfsc."""
-    from .config import read_config_file, read_yaml_mapping
+    from .config import read_yaml_mapping
 
     if args.method:
         return args.method
-    if args.config:
-        named = read_yaml_mapping(Path(args.config), "a YAML mapping of config keys").get("method")
-        read_config_file(args.config)
-        if named:
-            return str(named)
-    return "dfsc"
+    named = read_yaml_mapping(Path(args.config), "a YAML mapping of config keys").get("method") if args.config \
+        else None
+    return str(named) if named else "dfsc"
 
 
 def print_registration(record: dict) -> None:

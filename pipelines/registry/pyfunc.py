@@ -122,61 +122,61 @@ def check_store_exists(model: str, tracking_uri: str) -> None:
                              "or MLFLOW_TRACKING_URI)")
 
 
+def registered_version(model: str, tracking_uri: str, default: str = "1"):
+    """The registry's ModelVersion for `models:/NAME/V`, `models:/NAME@ALIAS` or
+    `models:/NAME/latest` (the newest); `models:/NAME` means version `default`. MLflow's
+    exceptions for a missing model pass through."""
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    name, _, version = model.removeprefix("models:/").partition("/")
+    name, at, alias = name.partition("@")
+    if at:
+        return client.get_model_version_by_alias(name, alias)
+    version = version.strip("/") or default
+    if version == "latest":
+        version = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+    return client.get_model_version(name, version)
+
+
+def folder_record(model: str) -> tuple[Path, dict[str, Any]]:
+    """(path, contents) of the `metrics.json` that `logicad train` writes beside a model folder;
+    contents {} when it is missing or unreadable."""
+    import json
+
+    path = Path(model)
+    record = (path if path.is_dir() else path.parent) / "metrics.json"
+    try:
+        return record, json.loads(record.read_text()) if record.is_file() else {}
+    except ValueError:
+        return record, {}
+
+
 def model_origin(model: str, tracking_uri: str) -> dict[str, Any]:
     """Where a model came from: {run_id, source} for a registered model (models:/NAME/V or
     models:/NAME@ALIAS), a run's model (runs:/ID/...) or a model folder that `logicad train`
     wrote (its metrics.json names the run); {} when nothing says."""
-    import json
-
     if model.startswith("runs:/"):
         check_store_exists(model, tracking_uri)
         return {"run_id": model.removeprefix("runs:/").split("/")[0], "source": model}
     if model.startswith("models:/"):
         check_store_exists(model, tracking_uri)
-        client = mlflow.tracking.MlflowClient(tracking_uri)
-        name, _, ref = model.removeprefix("models:/").partition("/")
-        name, at, alias = name.partition("@")
         try:
-            version = (client.get_model_version_by_alias(name, alias) if at
-                       else client.get_model_version(name, ref.strip("/") or "1"))
+            version = registered_version(model, tracking_uri)
         except Exception as exc:  # MLflow raises RestException / MlflowException for a missing model
             raise ModelFileError(f"{model}: not found in the registry at {tracking_uri} ({exc.__class__.__name__}); "
                                  "expected a model `logicad train` registered there (set --tracking-uri or "
                                  "MLFLOW_TRACKING_URI)") from None
-        return {"run_id": version.run_id, "source": f"registered model {name} version {version.version}"}
-    path = Path(model)
-    folder = path if path.is_dir() else path.parent
-    record = folder / "metrics.json"
-    if record.is_file():
-        try:
-            run_id = json.loads(record.read_text()).get("mlflow_run_id")
-        except ValueError:
-            run_id = None
-        if run_id:
-            return {"run_id": run_id, "source": f"recorded in {record}"}
-    return {}
+        return {"run_id": version.run_id, "source": f"registered model {version.name} version {version.version}"}
+    record, contents = folder_record(model)
+    run_id = contents.get("mlflow_run_id")
+    return {"run_id": run_id, "source": f"recorded in {record}"} if run_id else {}
 
 
 def recorded_category(model: str, tracking_uri: str) -> str | None:
     """The category a model was evaluated on, where something records it: a registered
     version's tag, a run's param, or the `metrics.json` beside a model folder; else None."""
-    import json
-
     if model.startswith("models:/"):
-        client = mlflow.tracking.MlflowClient(tracking_uri)
-        name, _, ref = model.removeprefix("models:/").partition("/")
-        name, at, alias = name.partition("@")
-        version = (client.get_model_version_by_alias(name, alias) if at
-                   else client.get_model_version(name, ref.strip("/") or "1"))
-        return version.tags.get("category") or None
+        return registered_version(model, tracking_uri).tags.get("category") or None
     if model.startswith("runs:/"):
         client = mlflow.tracking.MlflowClient(tracking_uri)
         return client.get_run(model.removeprefix("runs:/").split("/")[0]).data.params.get("category") or None
-    path = Path(model)
-    record = (path if path.is_dir() else path.parent) / "metrics.json"
-    if record.is_file():
-        try:
-            return json.loads(record.read_text()).get("category") or None
-        except ValueError:
-            return None
-    return None
+    return folder_record(model)[1].get("category") or None

@@ -69,20 +69,14 @@ def pin(ref: str, uri: str) -> str:
     run URIs and files pass through (a fusion copies the weights, so they are pinned by value)."""
     if not ref.startswith("models:/"):
         return ref
-    import mlflow.tracking
+    from ..registry.pyfunc import registered_version
 
-    name, _, version = ref.removeprefix("models:/").partition("/")
-    name, at, alias = name.partition("@")
-    client = mlflow.tracking.MlflowClient(uri)
     try:
-        if at:
-            version = client.get_model_version_by_alias(name, alias).version
-        elif version.strip("/") in ("", "latest"):
-            version = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        version = registered_version(ref, uri, default="latest")
     except Exception as exc:  # RestException, MlflowException, ValueError of an empty max
         raise ModelFileError(f"fusion member {ref}: not found in the registry at {uri} "
                              f"({exc.__class__.__name__})") from None
-    return f"models:/{name}/{str(version).strip('/')}"
+    return f"models:/{version.name}/{version.version}"
 
 
 def load_members(refs: list[str], uri: str, category: str | None) -> list[tuple[str, Method]]:
@@ -146,8 +140,7 @@ def fusion_space(path: str | None, fusion: Fusion) -> SearchSpace:
     space = load_space(path or DEFAULT_SPACE, "fusion")
     if "weights" not in space.space and "weights" not in space.fixed:
         space.space["weights"] = {"choice": weight_grid(len(fusion.members))}
-    check_score_only(space, fusion, str(path or DEFAULT_SPACE))
-    fusion.config.replace(**{k: v for k, v in space.fixed.items()})  # fixed values fit these members
+    check_score_only(space, fusion, str(path or DEFAULT_SPACE))  # also: fixed values fit these members
     return space
 
 
