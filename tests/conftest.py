@@ -20,6 +20,18 @@ import logicad.models  # noqa: E402,F401  (torchvision op schemas before anythin
 import sys
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (servers) importable
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: small convolutions gain nothing from two, and two threads
+    stall badly when another process holds a core (shared CI machines)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 SMALL = dict(size=96, n_train=6, n_validation=3, n_test_good=3, n_test_logical=3, n_test_structural=3)
 
 

@@ -19,25 +19,9 @@ from logicad.models.dfsc.network import (
 )
 from logicad.models.dfsc.teacher_cache import TeacherCache
 
+from images import square_images as _images
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: small convolutions gain nothing from two, and two threads stall
-    badly when another process holds a core (shared CI machines)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Crude structured images: a bright square at a per-image position on noise."""
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
-    for i in range(n):
-        r, c = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
-        x[i, :, r:r + size // 4, c:c + size // 4] += 2.0
-    return x
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(images: torch.Tensor, batch_size: int, label: int = 0) -> list[dict]:

@@ -21,12 +21,7 @@ from logicad.models.distill import (
 from logicad.models.pdn import PDNSmall
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image_batches(n: int = 4, size: int = 64, batch: int = 2) -> list[torch.Tensor]:

@@ -16,18 +16,14 @@ from logicad.models.fod import scoring
 from logicad.models.fod.network import (CorrelationBranch, I2CorrelationLayer, sigma_bound, squared_offsets,
                                         target_correlation)
 
+from images import square_images as _images
 from registry_check import assert_registered_model_scores_alike
 
 SMALL = {"backbone": "resnet18", "image_size": 64, "d_model": (32, 64), "heads": 2, "layers": 2,
          "batch_size": 2, "max_steps": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(**overrides):
@@ -35,13 +31,6 @@ def _model(**overrides):
     return build_method("fod", **{**SMALL, **overrides})
 
 
-def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
-    for i in range(n):
-        r, c = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
-        x[i, :, r:r + size // 4, c:c + size // 4] += 2.0
-    return x
 
 
 def _prepared(**overrides):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from logicad.models import backbones
 from logicad.models.base import build_method
 from logicad.models.global_gaussian import fit_gaussian, ledoit_wolf_shrinkage, mahalanobis
 from logicad.models.global_gaussian.scoring import descriptors, patch_shares
@@ -20,6 +21,7 @@ from logicad.pipelines.train.checkpoints import MODEL_FILE, load_model, read_mod
 from logicad.pipelines.train.worker import WorkerSpec, run_loop
 
 from local_session import LocalSession
+from images import square_images as _images
 from registry_check import assert_registered_model_scores_alike
 
 SMALL = {"image_size": 64, "backbone_weights": "random"}
@@ -29,25 +31,13 @@ def _build(name: str, **overrides):
     """`build_method` with the random backbone seeded (two builds hold the same weights)."""
     torch.manual_seed(0)
     return build_method(name, **overrides)
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+IMAGENET_MEAN = torch.tensor(backbones.IMAGENET_MEAN)[:, None, None]
+IMAGENET_STD = torch.tensor(backbones.IMAGENET_STD)[:, None, None]
 
 
-def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
-    for i in range(n):
-        r, c = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
-        x[i, :, r:r + size // 4, c:c + size // 4] += 2.0
-    return x
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loader(images: torch.Tensor, batch: int = 4, order: list[int] | None = None) -> list[dict]:
