@@ -22,25 +22,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..base import Collective, ConfigError, Method, MethodConfig, Stage, register
-from ..patchcore.network import FrozenBackbone, fixed_shape_forward, normal_images
+from ..base import Collective, Method, MethodConfig, Stage, register
+from ..patchcore.network import FeatureStatisticsConfig, FrozenBackbone, fixed_shape_forward, normal_images
 from . import scoring
 from .gaussian import fit_gaussian
 
 
 @dataclass
-class GlobalGaussianConfig(MethodConfig):
+class GlobalGaussianConfig(FeatureStatisticsConfig):
     """Keys of the global Gaussian reference (no paper of its own: the settings measured on the
     synthetic set with ImageNet features; 128 px there, 224/256 px for MVTec-sized images)."""
 
-    image_size: int = 128
-    #: images per batch of the statistics pass
-    batch_size: int = 8
-    #: unused: no training stage (kept > 0 for the shared config checks)
-    max_steps: int = 1
-    backbone: str = "tf_efficientnet_lite0"
-    #: a shipped source, a local file, "hub", or "random"
-    backbone_weights: str = "imagenet-lite0"
     #: feature levels pooled into the descriptor
     strides: tuple[int, ...] = (8, 16, 32)
     #: per channel: "mean_max", "mean" or "max" over positions
@@ -56,18 +48,10 @@ class GlobalGaussianConfig(MethodConfig):
         "map_mode": ("patch", "uniform"),
     }
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_mode",)
-    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"backbone_weights": "backbone"}
 
     def validate(self) -> None:
         super().validate()
-        self.check([
-            ("strides", len(self.strides) >= 1 and list(self.strides) == sorted(self.strides),
-             "one or more increasing strides"),
-            ("shrinkage", self.shrinkage <= 1.0, "< 0 (Ledoit-Wolf) or in [0, 1]"),
-        ])
-        if self.image_size % self.strides[-1]:
-            raise ConfigError(f"config key 'image_size' ({self.image_size}) must be a multiple of every "
-                              f"stride {list(self.strides)}")
+        self.check([("shrinkage", self.shrinkage <= 1.0, "< 0 (Ledoit-Wolf) or in [0, 1]")])
 
 
 @register

@@ -17,30 +17,21 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..base import Collective, ConfigError, Method, MethodConfig, Stage, register
+from ..base import Collective, Method, MethodConfig, Stage, register
 from .coreset import coreset_size, greedy_coreset, random_projection
-from .network import FrozenBackbone, aggregate, fixed_shape_forward, normal_images, patch_rows
+from .network import (FeatureStatisticsConfig, FrozenBackbone, aggregate, fixed_shape_forward, normal_images,
+                      patch_rows)
 from .search import faiss_available, nearest
 
 
 @dataclass
-class PatchCoreConfig(MethodConfig):
+class PatchCoreConfig(FeatureStatisticsConfig):
     """PatchCore's keys. The paper's settings where they carry over: strides 8 and 16 (wide
     ResNet-50's layer2 + layer3), 3 x 3 neighbourhood, coreset 1-10 % (10 % here), projection to
     128 dims for the coreset; its images are 256 px centre-cropped to 224 (128 here: the
-    synthetic set's measured setting, and the bank grows with the square of the size)."""
+    synthetic set's measured setting, and the bank grows with the square of the size).
+    `strides` are aggregated onto the finest one."""
 
-    image_size: int = 128
-    #: images per batch of the statistics pass and of scoring
-    batch_size: int = 8
-    #: unused: PatchCore has no training stage (kept > 0 for the shared config checks)
-    max_steps: int = 1
-    #: timm backbone (frozen); these methods are defined by pretrained features
-    backbone: str = "tf_efficientnet_lite0"
-    #: a shipped source, a local file, "hub", or "random"
-    backbone_weights: str = "imagenet-lite0"
-    #: feature levels by stride, aggregated onto the finest one
-    strides: tuple[int, ...] = (8, 16)
     #: neighbourhood of the local average (the paper's patch size p = 3)
     pool_size: int = 3
     #: fraction of the patch features kept by the greedy coreset (1.0 keeps the whole bank)
@@ -54,22 +45,16 @@ class PatchCoreConfig(MethodConfig):
         **MethodConfig.CHOICES,
         "search_backend": ("torch", "faiss"),
     }
-    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"backbone_weights": "backbone"}
 
     def validate(self) -> None:
         super().validate()
         self.check([
-            ("strides", len(self.strides) >= 1 and list(self.strides) == sorted(self.strides),
-             "one or more increasing strides"),
             ("pool_size", self.pool_size >= 1 and self.pool_size % 2 == 1, "an odd number >= 1"),
             ("coreset_ratio", 0.0 < self.coreset_ratio <= 1.0, "in (0, 1]"),
             ("projection_dim", self.projection_dim >= 0, ">= 0"),
             ("search_backend", self.search_backend != "faiss" or faiss_available(),
              "'torch' here: faiss is not installed"),
         ])
-        if self.image_size % self.strides[-1]:
-            raise ConfigError(f"config key 'image_size' ({self.image_size}) must be a multiple of every "
-                              f"stride {list(self.strides)}")
 
 
 @register

@@ -7,12 +7,43 @@ patch features live on the finest level's h x w grid with C = sum of C_l channel
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones import FrozenFeatures
+from ..base import ConfigError, MethodConfig
+
+
+@dataclass
+class FeatureStatisticsConfig(MethodConfig):
+    """Keys both statistics-only reference methods share: a frozen pretrained backbone read at
+    `strides`. Their images are 128 px here (the synthetic set's measured setting; 224/256 px
+    for MVTec-sized images)."""
+
+    image_size: int = 128
+    #: images per batch of the statistics pass and of scoring
+    batch_size: int = 8
+    #: unused: no training stage (kept > 0 for the shared config checks)
+    max_steps: int = 1
+    #: timm backbone (frozen); these methods are defined by pretrained features
+    backbone: str = "tf_efficientnet_lite0"
+    #: a shipped source, a local file, "hub", or "random"
+    backbone_weights: str = "imagenet-lite0"
+    #: feature levels by stride, increasing
+    strides: tuple[int, ...] = (8, 16)
+
+    BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"backbone_weights": "backbone"}
+
+    def validate(self) -> None:
+        super().validate()
+        self.check([("strides", len(self.strides) >= 1 and list(self.strides) == sorted(self.strides),
+                     "one or more increasing strides")])
+        if self.image_size % self.strides[-1]:
+            raise ConfigError(f"config key 'image_size' ({self.image_size}) must be a multiple of every "
+                              f"stride {list(self.strides)}")
 
 
 class FrozenBackbone(FrozenFeatures):
