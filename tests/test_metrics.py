@@ -23,7 +23,7 @@ from logicad.pipelines.evaluate.metrics import (
 )
 
 CONTRACT_KEYS = {"image_auroc", "image_auroc_logical", "image_auroc_structural", "image_auroc_all", "pixel_auroc",
-                 "spro_0.05", "spro_0.3", "aupro_0.3", "n_test", "n_good", "n_logical", "n_structural"}
+                 "pixel_auroc_logical", "pixel_auroc_structural", "spro_0.05", "spro_0.3", "aupro_0.3", "n_test", "n_good", "n_logical", "n_structural"}
 PIXEL_KEYS = ("pixel_auroc", "spro_0.05", "spro_0.3", "aupro_0.3")
 
 
@@ -398,3 +398,17 @@ def test_streaming_fifty_full_size_images_is_fast(capsys):
     assert evaluator.pixels.binned
     assert 0.5 < result["pixel_auroc"] <= 1.0 and 0.0 < result["spro_0.05"] <= 1.0
     assert spent + spent_result < 120  # loose: minutes would mean a broken fast path
+
+
+def test_pixel_auroc_per_kind_shows_which_kind_pulls_the_whole_down():
+    """A map that lights structural defects but stays dark on a logical region (a missing part
+    leaves empty background) scores 1.0 on good + structural, 0.0 on good + logical."""
+    kinds = ["good", "logical", "structural"]
+    regions = [[], [region(box((20, 20), 2, 2, 6, 6))], [region(box((20, 20), 10, 10, 6, 6))]]
+    maps = [np.full((20, 20), 0.5, np.float32) for _ in kinds]
+    maps[1][2:8, 2:8] = 0.1
+    maps[2][10:16, 10:16] = 0.9
+    result = compute_metrics([0.0, 1.0, 1.0], kinds, maps, regions)
+    assert result["pixel_auroc_structural"] == pytest.approx(1.0)
+    assert result["pixel_auroc_logical"] == pytest.approx(0.0)
+    assert 0.0 < result["pixel_auroc"] < 1.0

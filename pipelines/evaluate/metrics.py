@@ -7,6 +7,7 @@ good vs all. `image_auroc_all` is good vs (logical + structural).
 
 Pixel level, maps at the image's original size, ground truth = `Region`s:
 - `pixel_auroc`: every pixel of every image; positives = the union of the regions.
+  `pixel_auroc_logical` / `pixel_auroc_structural`: the same over good + that kind only.
 - `aupro` (MVTec AD): PRO per 8-connected component of the union mask, FPR over all
   defect-free pixels, area under PRO-vs-FPR up to `max_fpr`, divided by `max_fpr`.
 - `auc_spro` (MVTec LOCO): per region, sPRO(t) = min(TP area(t) / saturation area, 1),
@@ -447,9 +448,12 @@ class LocoEvaluator:
         return self.pixels.auc_spro(limit, ("good", kind))
 
     def pixel_metrics(self) -> dict[str, float | None]:
-        """pixel_auroc, spro_<limit> (mean over logical / structural), aupro_<limit>."""
+        """pixel_auroc (all, and good + each kind), spro_<limit> (mean over logical / structural), aupro_<limit>."""
         whole = None if self.maps_missing else self.pixels
         out: dict[str, float | None] = {"pixel_auroc": whole.pixel_auroc() if whole else None}
+        for kind in ANOMALOUS_KINDS:  # good + that kind: says which kind pulls pixel_auroc down
+            present = whole is not None and kind in whole.groups
+            out[f"pixel_auroc_{kind}"] = whole.pixel_auroc(("good", kind)) if present else None
         for limit in self.spro_limits:
             out[_spro_key(limit)] = _mean_or_none(self.spro(kind, limit) for kind in ANOMALOUS_KINDS)
         out[f"aupro_{self.aupro_limit:g}"] = whole.aupro(self.aupro_limit) if whole else None
