@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_runner import (cpu_seconds, machine_record, machine_state, peak_rss_gb, run_each_in_process,  # noqa: E402
+                          structured_images, write_json)
 
 ANCHOR = {"train_s_per_step": 1.67, "infer_ms_per_image": 315.0, "peak_rss_gb": 2.2,
           "what": "anomalib 2.7 EfficientAD-S, 256 px, batch 1, 2 threads, CPU"}
@@ -47,39 +47,6 @@ SETTINGS: dict[str, tuple[dict[str, Any], str | None, dict[str, bool]]] = {
 }
 
 
-def calibrate(threads: int, seconds: float = 3.0) -> float:
-    """Median float32 matrix-multiply GFLOP/s at `threads` threads (a machine-load yardstick)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    rates, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        rates.append(4 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9)
-    return round(statistics.median(rates), 1)
-
-
-def _images(n: int, size: int, seed: int = 0):
-    """Crude structured images (ImageNet-normalised scale): blobs and bars on noise."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    x = 0.4 * torch.randn(n, 3, size, size, generator=g)
-    for i in range(n):
-        for _ in range(4):
-            r, c = (int(v) for v in torch.randint(0, size * 3 // 4, (2,), generator=g))
-            x[i, :, r:r + size // 6, c:c + size // 8] += torch.randn(3, 1, 1, generator=g) * 1.5
-    return x
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_setting(name: str, threads: int, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Measure one setting in this process."""
     import logicad.models  # noqa: F401
@@ -96,7 +63,7 @@ def run_setting(name: str, threads: int, steps: int, warmup: int, repeats: int) 
     model.sparse_hard_backward = options.get("sparse", True)
     size, batch_size = config.image_size, config.batch_size
     n_train = max(4 * batch_size, 8)
-    images = _images(n_train, size)
+    images = structured_images(n_train, size)
     batches = [{"image": images[i:i + batch_size], "label": torch.zeros(batch_size, dtype=torch.long),
                 "index": torch.arange(i, i + batch_size)} for i in range(0, n_train, batch_size)]
     model.prepare([{"image": images[i:i + 8]} for i in range(0, n_train, 8)])
@@ -119,14 +86,14 @@ def run_setting(name: str, threads: int, steps: int, warmup: int, repeats: int) 
         step(i)
     walls, cpus = [], []
     for i in range(steps):
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu = time.perf_counter(), cpu_seconds()
         step(warm + i)
         walls.append(time.perf_counter() - start)
-        cpus.append(_cpu_seconds() - cpu)
-    model.finalize([{"image": _images(8, size, seed=1)}])
+        cpus.append(cpu_seconds() - cpu)
+    model.finalize([{"image": structured_images(8, size, seed=1)}])
     model.eval()
-    one = _images(1, size, seed=2)
-    sixteen = _images(16, size, seed=3)
+    one = structured_images(1, size, seed=2)
+    sixteen = structured_images(16, size, seed=3)
     with torch.inference_mode():
         for _ in range(2):
             model.image_score(model.anomaly_map(one))
@@ -155,7 +122,7 @@ def run_setting(name: str, threads: int, steps: int, warmup: int, repeats: int) 
         "infer_ms_per_image_b1_median": round(statistics.median(latencies), 1),
         "infer_ms_per_image_b1_min": round(min(latencies), 1),
         "images_per_s_b16": round(statistics.median(rates), 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_gb": peak_rss_gb(),
         "teacher_cache_hits": model.cache.hits,
     }
 
@@ -173,25 +140,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_setting(args.one, args.threads, args.steps, args.warmup, args.repeats)))
         return
-    before = {"gemm_gflops": calibrate(args.threads), "loadavg": os.getloadavg()}
-    results = {}
-    for name in args.settings.split(","):
-        if name not in SETTINGS:
-            raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
-        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if proc.returncode:
-            raise SystemExit(f"setting {name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        row = results[name]
-        print(f"{name:32s} train {row['train_s_per_step']:.3f} s/step (cpu {row['train_cpu_s_per_step']:.2f} s)  "
-              f"infer {row['infer_ms_per_image_b1']:.0f} ms/img  b16 {row['images_per_s_b16']:.1f} img/s  "
-              f"rss {row['peak_rss_gb']:.2f} GB", flush=True)
-    after = {"gemm_gflops": calibrate(args.threads), "loadavg": os.getloadavg()}
-    import torch
-
+    before = machine_state(args.threads)
+    child_args = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    results = run_each_in_process(__file__, args.settings.split(","), SETTINGS, child_args, args.threads, _line)
+    after = machine_state(args.threads)
     paper = [results[k] for k in ("paper_fp32", "paper_bf16") if k in results]
     summary = {}
     if paper:
@@ -203,26 +155,16 @@ def main() -> None:
                    "best_infer_ms_per_image_256": best_infer,
                    "infer_fraction_of_anchor": round(best_infer / ANCHOR["infer_ms_per_image"], 3),
                    "infer_target_met": best_infer <= TARGET["infer_ms_per_image"]}
-    out = {
-        "benchmark": "dfsc_speed", "threads": args.threads, "anchor": ANCHOR,
-        "target": {k: round(v, 3) for k, v in TARGET.items()}, "summary": summary, "settings": results,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "before": before, "after": after},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, {"benchmark": "dfsc_speed", "threads": args.threads, "anchor": ANCHOR,
+                          "target": {k: round(v, 3) for k, v in TARGET.items()}, "summary": summary,
+                          "settings": results, "machine": machine_record(before, after)})
     print(json.dumps(summary, indent=2))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def _line(name: str, row: dict[str, Any]) -> str:
+    return (f"{name:32s} train {row['train_s_per_step']:.3f} s/step (cpu {row['train_cpu_s_per_step']:.2f} s)  "
+            f"infer {row['infer_ms_per_image_b1']:.0f} ms/img  b16 {row['images_per_s_b16']:.1f} img/s  "
+            f"rss {row['peak_rss_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -8,25 +8,22 @@ Each setting runs in its own process. The cache is measured as after the first e
 (every training image cached: FOD trains without augmentation, so a cached feature is
 exactly the computed one); "saved_ms_per_step" is the difference per training step.
 Timings on a shared machine move with the load: the file records CPU seconds per step,
-a matrix-multiply calibration and the load average before and after (dfsc_speed's).
+a matrix-multiply calibration and the load average before and after (speed_runner.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dfsc_speed import _cpu_name, _cpu_seconds, _images, calibrate  # noqa: E402  (shared yardsticks)
+from speed_runner import (cpu_seconds, machine_record, machine_state, peak_rss_gb, run_each_in_process,  # noqa: E402
+                          structured_images, write_json)
 
 #: name -> (config overrides, preset)
 SETTINGS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -50,7 +47,7 @@ def run_setting(name: str, threads: int, steps: int, repeats: int) -> dict[str, 
     model = build_method("fod", config).to(memory_format=torch.channels_last)
     size, batch_size = config.image_size, config.batch_size
     n_train = max(2 * batch_size, 4)
-    images = _images(n_train, size)
+    images = structured_images(n_train, size)
     batches = [{"image": images[i:i + batch_size], "index": torch.arange(i, i + batch_size)}
                for i in range(0, n_train, batch_size)]
     model.prepare([{"image": images[i:i + 4], "index": torch.arange(i, min(i + 4, n_train))}
@@ -67,12 +64,12 @@ def run_setting(name: str, threads: int, steps: int, repeats: int) -> dict[str, 
     step(0)
     walls, cpus = [], []
     for i in range(steps):
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu = time.perf_counter(), cpu_seconds()
         step(1 + i)
         walls.append(time.perf_counter() - start)
-        cpus.append(_cpu_seconds() - cpu)
+        cpus.append(cpu_seconds() - cpu)
     model.eval()
-    one, sixteen = _images(1, size, seed=2), _images(16, size, seed=3)
+    one, sixteen = structured_images(1, size, seed=2), structured_images(16, size, seed=3)
     with torch.inference_mode():
         model.image_score(model.anomaly_map(one))
         latencies = []
@@ -96,7 +93,7 @@ def run_setting(name: str, threads: int, steps: int, repeats: int) -> dict[str, 
         "infer_ms_per_image_b1": round(statistics.mean(latencies), 1),
         "infer_ms_per_image_b1_median": round(statistics.median(latencies), 1),
         "images_per_s_b16": round(max(rates), 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_gb": peak_rss_gb(),
         "feature_cache_hits": model.cache.hits,
         "feature_cache_mb_used": round(model.cache.used / 2**20, 2),
     }
@@ -116,22 +113,10 @@ def main() -> None:
         steps = args.paper_steps if args.one.startswith("paper") else args.steps
         print(json.dumps(run_setting(args.one, args.threads, steps, args.repeats)))
         return
-    before = {"gemm_gflops": calibrate(args.threads), "loadavg": os.getloadavg()}
-    results = {}
-    for name in args.settings.split(","):
-        if name not in SETTINGS:
-            raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
-        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--steps", str(args.steps),
-               "--paper-steps", str(args.paper_steps), "--repeats", str(args.repeats)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if proc.returncode:
-            raise SystemExit(f"setting {name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = row = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{name:32s} train {row['train_steps_per_s']:.3f} steps/s (cpu {row['train_cpu_s_per_step']:.2f} s/step)"
-              f"  infer {row['infer_ms_per_image_b1']:.0f} ms/img  b16 {row['images_per_s_b16']:.1f} img/s  "
-              f"rss {row['peak_rss_gb']:.2f} GB", flush=True)
-    after = {"gemm_gflops": calibrate(args.threads), "loadavg": os.getloadavg()}
+    before = machine_state(args.threads)
+    child_args = ["--steps", str(args.steps), "--paper-steps", str(args.paper_steps), "--repeats", str(args.repeats)]
+    results = run_each_in_process(__file__, args.settings.split(","), SETTINGS, child_args, args.threads, _line)
+    after = machine_state(args.threads)
     summary = {}
     for base in ("preset_cpu_synthetic", "paper_256"):
         if base in results and f"{base}_no_cache" in results:
@@ -141,18 +126,15 @@ def main() -> None:
                 "saved_cpu_ms_per_step": round(1000 * (plain["train_cpu_s_per_step"]
                                                        - cached["train_cpu_s_per_step"]), 1),
                 "speedup": round(plain["train_s_per_step"] / cached["train_s_per_step"], 2)}
-    import torch
+    write_json(args.out, {"benchmark": "fod_speed", "threads": args.threads, "summary": {"feature_cache": summary},
+                          "settings": results, "machine": machine_record(before, after)})
+    print(json.dumps({"feature_cache": summary}, indent=2))
 
-    out = {
-        "benchmark": "fod_speed", "threads": args.threads, "summary": {"feature_cache": summary},
-        "settings": results,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "before": before, "after": after},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out["summary"], indent=2))
+
+def _line(name: str, row: dict[str, Any]) -> str:
+    return (f"{name:32s} train {row['train_steps_per_s']:.3f} steps/s (cpu {row['train_cpu_s_per_step']:.2f} s/step)"
+            f"  infer {row['infer_ms_per_image_b1']:.0f} ms/img  b16 {row['images_per_s_b16']:.1f} img/s  "
+            f"rss {row['peak_rss_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -15,28 +15,20 @@ import argparse
 import json
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_runner import timed  # noqa: E402
 
 #: name -> (preset, config overrides)
 SETTINGS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "preset": ("cpu-synthetic", {}),
     "paper": (None, {}),
 }
-
-
-def _time(fn, repeat: int) -> float:
-    """Median seconds of `repeat` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(name: str, steps: int, score_repeat: int) -> dict[str, Any]:
@@ -61,12 +53,12 @@ def measure(name: str, steps: int, score_repeat: int) -> dict[str, Any]:
         stage.optimizer.step()
 
     load_before = os.getloadavg()[0]
-    step_s = _time(step, steps)
+    step_s = timed(step, steps)
     method.eval()
     method.finalize([{"image": images}])
     one, sixteen = torch.randn(1, 3, size, size), torch.randn(16, 3, size, size)
-    batch1_s = _time(lambda: method.image_score(method.anomaly_map(one)), score_repeat)
-    batch16_s = _time(lambda: method.image_score(method.anomaly_map(sixteen)), max(1, score_repeat // 4))
+    batch1_s = timed(lambda: method.image_score(method.anomaly_map(one)), score_repeat)
+    batch16_s = timed(lambda: method.image_score(method.anomaly_map(sixteen)), max(1, score_repeat // 4))
     return {"setting": name, "preset": preset, "backbone": config.backbone, "image_size": size,
             "batch_size": batch, "decoder": config.decoder, "sam_variant": config.sam_variant,
             "train_steps_per_s": round(1.0 / step_s, 4), "train_s_per_step": round(step_s, 3),

@@ -26,8 +26,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -44,16 +42,14 @@ import torch  # noqa: E402
 
 import logicad.models  # noqa: E402,F401  (torchvision op schemas before anything imports timm)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_runner import peak_rss_gb, timed  # noqa: E402
+
 UNMEASURED = "unmeasured"
 CUDA = torch.cuda.is_available()
 
 
 # --- measuring ----------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -61,21 +57,7 @@ def _reset_peak(device: torch.device) -> None:
 
 def _peak(device: torch.device) -> dict[str, Any]:
     gpu = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else UNMEASURED
-    return {"peak_gpu_gb": gpu, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per call of `fn` after `warmup` calls (device-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"peak_gpu_gb": gpu, "peak_rss_gb": peak_rss_gb()}
 
 
 def _autocast(device: torch.device, precision: str):
@@ -118,7 +100,7 @@ def plain_loop(method, device: torch.device, steps: int, compile_mode: str = "")
     first_loss = float(step())  # the host read synchronises the device
     compile_s = time.perf_counter() - start
     _reset_peak(device)
-    seconds = timed(step, device, steps, warmup=2)
+    seconds = timed(step, steps, warmup=2, device=device)
     row = {"steps_per_s": round(1.0 / seconds, 2), "ms_per_step": round(1000 * seconds, 2),
            "first_loss": first_loss, **_peak(device)}
     if compile_mode:
@@ -207,7 +189,7 @@ def speed_row(score: Callable[[torch.Tensor], Any], size: int, device: torch.dev
     row = {}
     for b in batches:
         images = torch.randn(b, 3, size, size, device=device)
-        seconds = timed(lambda: score(images), device, repeats if b == 1 else max(2, repeats // 4))
+        seconds = timed(lambda: score(images), repeats if b == 1 else max(2, repeats // 4), warmup=2, device=device)
         if b == 1:
             row["ms_batch_1"] = round(1000 * seconds, 3)
         row[f"images_per_s_b{b}"] = round(b / seconds, 1)
@@ -264,7 +246,7 @@ def peer(device: torch.device, size: int, steps: int, batches: list[int], repeat
         optimizer.step()
 
     _reset_peak(device)
-    seconds = timed(step, device, steps, warmup=3)
+    seconds = timed(step, steps, warmup=3, device=device)
     out: dict[str, Any] = {"train": {"steps_per_s": round(1 / seconds, 2), "ms_per_step": round(1000 * seconds, 2),
                                      **_peak(device)}}
     model.eval()

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -26,44 +27,18 @@ import torch  # noqa: E402
 import logicad.models  # noqa: E402,F401  (torchvision op schemas before timm)
 from logicad.models.base import build_method  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_runner import calibrate, timed  # noqa: E402
+
 ANCHOR = {"infer_ms_per_image_batch1": 54.2, "infer_ms_per_image_batch16": 18.5,
           "what": "SLSG paper, GTX 1080 Ti, 256 px"}
-
-
-def calibrate(seconds: float = 2.0) -> float:
-    """float32 1024^2 matrix-multiply GFLOP/s at the current thread count."""
-    a = torch.randn(1024, 1024)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        count += 1
-    return 2 * 1024**3 * count / (time.perf_counter() - start) / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def inference(method, size: int, device: torch.device, repeats: int) -> dict:
     out = {}
     for batch in (1, 16):
         images = torch.randn(batch, 3, size, size, device=device)
-        seconds = timed(lambda: method.image_score(method.anomaly_map(images)).cpu(), device, repeats)
+        seconds = timed(lambda: method.image_score(method.anomaly_map(images)).cpu(), repeats, device=device)
         out[f"batch{batch}_ms_per_image"] = 1000 * seconds / batch
         out[f"batch{batch}_images_per_s"] = batch / seconds
     return out
@@ -90,7 +65,7 @@ def training(method, size: int, device: torch.device, repeats: int) -> dict:
             for opt in stage.optimizers:
                 opt.step()
 
-        seconds = timed(step, device, repeats)
+        seconds = timed(step, repeats, device=device)
         out[f"{name}_steps_per_s"] = 1 / seconds
         out[f"{name}_batch"] = n if name == "gpt" else f"{n} + {n}"
     return out
@@ -133,7 +108,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     record = {"anchor": ANCHOR, "image_size": args.image_size, "threads": args.threads,
               "machine": platform.processor() or platform.machine(), "load_before": os.getloadavg(),
-              "matmul_gflops": calibrate(), "devices": {}}
+              "matmul_gflops": calibrate(args.threads), "devices": {}}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         torch.manual_seed(0)
