@@ -18,6 +18,7 @@ from logicad.models.base import Method
 from .compiled import make_scorer
 from .metrics import LocoEvaluator, roc_curve
 from .plots import heatmap_grid, roc_plot
+from .thresholds import DEFAULT_FPR, Threshold, check_fpr, confusion, fpr_threshold
 
 HEATMAP_FILE = "heatmaps.png"
 ROC_FILE = "roc_curves.png"
@@ -69,11 +70,27 @@ def _sync(device: torch.device) -> None:
 
 
 def validation_threshold(method: Method, dataset: str, root: str | Path, category: str | None,
-                         device: torch.device, batch_size: int = 16, compile: bool | None = None) -> float:
-    """The verdict threshold recorded with a model: the largest image score of the normal
-    validation images, so none of them is called anomalous."""
+                         device: torch.device, batch_size: int = 16, compile: bool | None = None,
+                         fpr: float = DEFAULT_FPR) -> Threshold:
+    """The verdict threshold recorded with a model: chosen on the normal validation images so
+    that at most `fpr` of them score above it (`thresholds.fpr_threshold`)."""
+    check_fpr(fpr)
     val_set = load_split(dataset, root, category, "validation", method.config.image_size)
-    return max(score for _, _, score in score_batches(method, val_set, device, batch_size, compile))
+    return fpr_threshold((score for _, _, score in score_batches(method, val_set, device, batch_size, compile)), fpr)
+
+
+def decision_metrics(method: Method, dataset: str, root: str | Path, category: str | None, device: torch.device,
+                     scores: list[float], kinds: list[str], batch_size: int = 16, compile: bool | None = None,
+                     fpr: float = DEFAULT_FPR, threshold: float | None = None,
+                     threshold_fpr: float | None = None) -> dict[str, Any]:
+    """The threshold (`threshold` as recorded with a model, else fitted on validation normals
+    for `fpr`) and the test split's confusion counts at it."""
+    if threshold is None:
+        fitted = {**validation_threshold(method, dataset, root, category, device, batch_size, compile, fpr).metrics(),
+                  "threshold_source": "validation"}
+    else:
+        fitted = {"threshold": float(threshold), "threshold_fpr": threshold_fpr, "threshold_source": "recorded"}
+    return {**fitted, **confusion(scores, kinds, fitted["threshold"])}
 
 
 def evaluate_method(
@@ -84,8 +101,14 @@ def evaluate_method(
     device: torch.device,
     batch_size: int = 16,
     compile: bool | None = None,
+    fpr: float = DEFAULT_FPR,
+    threshold: float | None = None,
+    threshold_fpr: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of the results contract (without identity fields) and what plots need."""
+    """Metrics of the results contract (without identity fields) and what plots need, with the
+    decision's threshold and its confusion counts on the test split (`decision_metrics`:
+    `threshold` is the one recorded with a model, if any, else one is fitted for `fpr`)."""
+    check_fpr(fpr)
     test_set = load_split(dataset, root, category, "test", method.config.image_size)
     defects = load_defects(dataset, root, category)
     evaluator = LocoEvaluator()
@@ -97,7 +120,8 @@ def evaluate_method(
         small_maps[index] = amap
     metrics = evaluator.result()
     metrics["infer_ms_per_image"] = infer_ms_per_image(method, test_set, device, compile=compile)
-    metrics["threshold"] = validation_threshold(method, dataset, root, category, device, batch_size, compile)
+    metrics.update(decision_metrics(method, dataset, root, category, device, evaluator.scores, evaluator.kinds,
+                                    batch_size, compile, fpr, threshold, threshold_fpr))
     return metrics, {"test_set": test_set, "maps": small_maps, "scores": evaluator.scores, "kinds": evaluator.kinds,
                      "title": f"{method.name} on {category or dataset}"}
 
@@ -137,11 +161,16 @@ def evaluate_to_dir(
     batch_size: int = 16,
     compile: bool | None = None,
     label: str = "",
+    fpr: float = DEFAULT_FPR,
+    threshold: float | None = None,
+    threshold_fpr: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write metrics.json + plots into `out_dir`; returns the metrics. `label` (e.g.
-    the model's URI or run) goes into the plots' titles."""
+    the model's URI or run) goes into the plots' titles; `fpr`, `threshold`, `threshold_fpr` as in
+    `evaluate_method` (pass a model's recorded threshold to report the confusion at it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, details = evaluate_method(method, dataset, root, category, device, batch_size, compile)
+    metrics, details = evaluate_method(method, dataset, root, category, device, batch_size, compile, fpr,
+                                       threshold, threshold_fpr)
     if label:
         details["title"] = f"{details['title']}\n{label}"
     write_plots(out_dir, details, metrics)

@@ -1,47 +1,40 @@
-"""The trained detector as an MLflow pyfunc model that loads and scores images by itself.
+"""The trained detector as an MLflow pyfunc model that loads, scores and decides by itself.
 
     model = mlflow.pyfunc.load_model("models:/logicad-dfsc-parts_box@champion")
-    out = model.predict(pd.DataFrame({"path": ["a.png", "b.png"]}))
-    out["score"]  # N image scores;  out["map"]: N x H x W anomaly maps at the model's input size
+    out = model.predict(pd.DataFrame({"image": [serving.encode_image("a.png")]}))
+    out["score"], out["anomalous"]          # per image; anomalous is None without a recorded threshold
+    model.predict(frame, params={"return_map": True})["map"]  # plus the anomaly maps (input size)
 
-Input: a DataFrame with a `path` column (image files) or an N x H x W x 3 uint8 array.
+Input and answer: `serving.py` (the same over REST with `mlflow models serve`). The logged model
+carries its signature, an input example, a copy of logicad's code and the third-party
+requirements, so it serves where logicad is not installed.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import mlflow.tracking
 import numpy as np
+import pandas as pd
 import torch
 
-from ..train.checkpoints import MODEL_FILE, ModelFileError, load_model, method_from_payload, read_model_file
+from ..train.checkpoints import MODEL_FILE, ModelFileError, method_from_payload, read_model_file
+from . import serving
 
 MODEL_ARTIFACT = "model"
 #: the file MLflow logs as the model's code (models-from-code: nothing pickled)
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
-def _images_from(model_input: Any) -> list[np.ndarray]:
-    from logicad.data.images import read_image_rgb
-
-    if hasattr(model_input, "columns"):
-        if "path" not in model_input.columns:
-            raise ValueError(f"expected a DataFrame with a 'path' column, got columns {list(model_input.columns)}")
-        return [read_image_rgb(Path(p)) for p in model_input["path"]]
-    array = np.asarray(model_input)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"expected N x H x W x 3 uint8 images, got shape {array.shape}")
-    return list(array.astype(np.uint8))
-
-
 class LogicadModel(mlflow.pyfunc.PythonModel):
-    """Owns loading (`model.pt`) and batched scoring."""
+    """Owns loading (`model.pt` and its threshold), batched scoring and the decision."""
 
-    #: inputs are images (paths, arrays or a DataFrame of paths), which MLflow's type-hint
-    #: validation cannot describe; without this it warns on every import of this module
+    #: inputs are described by the logged signature (serving.model_signature), which MLflow's
+    #: type-hint validation cannot express; without this it warns on every import of this module
     _skip_type_hint_validation = True
 
     batch_size = 16
@@ -49,19 +42,28 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from ..evaluate.compiled import make_scorer
 
-        self.method = load_model(context.artifacts[MODEL_ARTIFACT])
+        payload = read_model_file(context.artifacts[MODEL_ARTIFACT])
+        self.threshold = None if payload.get("threshold") is None else float(payload["threshold"])
+        self.method = method_from_payload(payload)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.method.to(self.device)
         # compiled on CUDA (warmed up per batch bucket on first use, checked against eager)
         self.scorer = make_scorer(self.method, self.device)
 
-    def predict(self, context, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+        """Per image: score, anomalous, threshold, and map when `params["return_map"]`."""
+        return_map = bool((params or {}).get(serving.RETURN_MAP, False))
+        scores, maps = self.score(serving.images_from_input(model_input, allow_paths=not serving.in_server()))
+        return serving.predictions(scores, maps if return_map else None, self.threshold)
+
+    def score(self, rgb_images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N scores, N x H x W maps at the model's input size) for H x W x 3 uint8 images."""
         from logicad.data.dataset import resize_image
         from logicad.data.transforms import eval_transform
 
         transform = eval_transform()
         size = self.method.config.image_size
-        images = [transform(image=resize_image(im, size))["image"] for im in _images_from(model_input)]
+        images = [transform(image=resize_image(im, size))["image"] for im in rgb_images]
         scores, maps = [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
@@ -69,21 +71,37 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
                 amap, score = self.scorer(batch)
                 scores.append(score.float().cpu().numpy())
                 maps.append(amap[:, 0].float().cpu().numpy())
-        return {"score": np.concatenate(scores), "map": np.concatenate(maps)}
+        return np.concatenate(scores), np.concatenate(maps)
+
+
+def _model_arguments(model_file: Path, code_dir: Path) -> dict[str, Any]:
+    """What `log_model` / `save_model` get: the code file, the model file, a copy of logicad's
+    code (bundled under `code_dir`), the signature, an input example and the requirements."""
+    return dict(python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(model_file)},
+                code_paths=[str(serving.bundle_code(code_dir))], signature=serving.model_signature(),
+                input_example=serving.input_example(), pip_requirements=serving.pip_requirements())
+
+
+def save_local(model_file: Path, path: Path) -> Path:
+    """Write `model_file` as a pyfunc model folder at `path` (no tracking store needed), the same
+    model `log_and_register` logs: `mlflow.pyfunc.load_model(path)` or `mlflow models serve -m path`."""
+    if Path(path).exists():
+        raise FileExistsError(f"{path}: already exists; expected a new folder for the pyfunc model")
+    with tempfile.TemporaryDirectory() as code:
+        mlflow.pyfunc.save_model(str(path), **_model_arguments(Path(model_file), Path(code)))
+    return Path(path)
 
 
 def log_and_register(run_id: str, model_file: Path, registered_model_name: str | None,
                      version_tags: dict[str, Any] | None = None) -> str:
     """Log `model_file` as a pyfunc model in `run_id` (and register it, with `version_tags`
-    saying what data it was evaluated on and its threshold); the model URI."""
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(MODEL_CODE),
-            artifacts={MODEL_ARTIFACT: str(model_file)},
-            registered_model_name=registered_model_name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "numpy", "pillow", "logicad"],
-        )
+    saying what data it was evaluated on and its threshold); the model URI. The model carries
+    its signature, an input example, a copy of logicad's code (`code_paths`) and the pinned
+    third-party requirements (`serving.pip_requirements`). MLflow runs the input example through
+    the model once while logging (its check that the example serves)."""
+    with tempfile.TemporaryDirectory() as code, mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, registered_model_name=registered_model_name,
+                                       **_model_arguments(Path(model_file), Path(code)))
     if registered_model_name and info.registered_model_version is not None:
         client = mlflow.tracking.MlflowClient()
         for key, value in (version_tags or {}).items():
