@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from images import square_images
 
+from logicad.data.errors import DatasetError
 from logicad.models.base import build_method
 from logicad.pipelines.registry.batch_predict import run_batch_predict
-from logicad.pipelines.registry.batch_shards import BatchPlanError, shard_path
+from logicad.pipelines.registry.batch_shards import (BatchPlanError, Plan, fingerprint, list_inputs, model_digest,
+                                                     open_output)
 from logicad.pipelines.registry.predict import predict
 from logicad.pipelines.train.checkpoints import read_model_file, save_model
-from logicad.data.errors import DatasetError
-
-from images import square_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,10 +96,10 @@ def _assert_same_scores(got: list[list[str]], want: list[list[str]]) -> None:
     assert np.allclose([float(row[1]) for row in got], [float(row[1]) for row in want], rtol=1e-6, atol=0)
 
 
-def test_interrupted_run_on_two_workers_resumes_only_the_missing_shards_and_equals_predict(
+def test_interrupted_run_resumed_on_two_workers_scores_only_the_missing_shards_and_equals_predict(
         ray_local, payload, folder, reference, predicted, tmp_path, capsys):
     out = tmp_path / "batch"
-    first = run_batch_predict(payload, "model.pt", str(folder), out, workers=2, shard_size=SHARD, stop_after=2)
+    first = run_batch_predict(payload, "model.pt", str(folder), out, workers=1, shard_size=SHARD, stop_after=2)
     assert first.scores is None and first.scored_shards == 2 and not (out / "scores.csv").exists()
     assert len(list((out / "shards").glob("part-*.csv"))) == 2
     second = run_batch_predict(payload, "model.pt", str(folder), out, workers=2, shard_size=SHARD, resume=True)
@@ -150,8 +150,6 @@ def test_resume_with_another_plan_or_nothing_to_resume_is_refused_in_one_line(pa
     out = tmp_path / "planned"
     with pytest.raises(BatchPlanError, match="nothing to resume"):
         run_batch_predict(payload, "m", str(folder), out, shard_size=SHARD, resume=True)
-    from logicad.pipelines.registry.batch_shards import Plan, fingerprint, list_inputs, model_digest, open_output
-
     items = list_inputs(str(folder))
     plan = Plan("m", model_digest(payload), str(folder), len(items), fingerprint(items), SHARD, 0.5, True)
     open_output(out, plan, resume=False)

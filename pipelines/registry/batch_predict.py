@@ -19,14 +19,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:  # imported where used: `logicad --help` builds these flags without torch or numpy
+    import numpy as np
 
-from logicad.data.errors import DatasetError
-
-from .batch_shards import (Plan, fingerprint, list_inputs, merge, model_digest, open_output, relative_name,
-                           shards_of, write_atomic, write_shard)
+    from .batch_shards import Plan
 
 DEFAULT_SHARD_SIZE = 256
 READ_THREADS = 8
@@ -71,6 +69,7 @@ class _Reader:
         self.tmp = tempfile.TemporaryDirectory(prefix="logicad-batch-")
 
     def __call__(self, item: str) -> np.ndarray:
+        from logicad.data.errors import DatasetError
         from logicad.data.images import read_image_rgb
 
         if not item.startswith("s3://"):
@@ -105,8 +104,10 @@ class ShardScorer:
         self.read = _Reader(s3)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         results = [pickle.dumps(self.score_shard(int(shard), [str(item) for item in items]))
-                   for shard, items in zip(batch["shard"], batch["items"])]
+                   for shard, items in zip(batch["shard"], batch["items"], strict=True)]
         return {"shard": np.asarray(batch["shard"]), "result": np.asarray(results, dtype=object)}
 
     def score_shard(self, shard: int, items: list[str]) -> dict[str, Any]:
@@ -115,13 +116,14 @@ class ShardScorer:
         if fatal:
             return {"shard": shard, "fatal": fatal}
         scored = self._score([image for _, image in decoded])
-        rows = [(item, f"{score:.6f}", self._verdict(score)) for (item, _), (_, score) in zip(decoded, scored)]
+        rows = [(item, f"{score:.6f}", self._verdict(score)) for (item, _), (_, score) in zip(decoded, scored, strict=True)]
         pictures = self._overlays(decoded, scored) if self.overlays and decoded else []
         return {"shard": shard, "rows": rows, "unreadable": unreadable, "overlays": pictures, "fatal": None}
 
     def _decode(self, items: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]], str | None]:
         """(decoded images in order, [(item, why)] of those that do not decode, the first other
         failure, e.g. S3 refusing a read, or None): reads run on a few threads (I/O bound)."""
+        from logicad.data.errors import DatasetError
 
         def one(item: str) -> tuple[str, np.ndarray | None, str | None, bool]:
             try:
@@ -161,14 +163,15 @@ class ShardScorer:
         (shards are scored apart, so a run-wide range is not known while streaming)."""
         import cv2
 
+        from .batch_shards import relative_name
         from .predict import overlay, overlay_name
 
         low = min(float(amap.min()) for amap, _ in scored)
         high = max(float(amap.max()) for amap, _ in scored)
         pictures = []
-        for (item, rgb), (amap, score) in zip(decoded, scored):
+        for (item, rgb), (amap, score) in zip(decoded, scored, strict=True):
             name = overlay_name(Path(relative_name(item, self.images)), Path("."))
-            ok, png = cv2.imencode(".png", overlay(rgb, amap, low, high, self._caption(score))[..., ::-1])
+            _, png = cv2.imencode(".png", overlay(rgb, amap, low, high, self._caption(score))[..., ::-1])
             pictures.append((name.as_posix(), png.tobytes()))
         return pictures
 
@@ -183,12 +186,14 @@ class ShardScorer:
 # --- the driver ---------------------------------------------------------------------------------
 class BatchResult(NamedTuple):
     """What a batch run did: where the scores are (None when stopped early), shards scored now,
-    shards found already written (resume), images in the plan."""
+    shards found already written (resume), images in the plan, and when each scored shard was
+    written (seconds after scoring started, actor start-up included)."""
 
     scores: Path | None
     scored_shards: int
     kept_shards: int
     images: int
+    shard_seconds: tuple[float, ...] = ()
 
 
 def run_batch_predict(payload: dict[str, Any], model: str, images: str, out: Path, *, workers: int = 1,
@@ -196,32 +201,42 @@ def run_batch_predict(payload: dict[str, Any], model: str, images: str, out: Pat
                       skip_unreadable: bool = False, overlays: bool = True, resume: bool = False,
                       compile: bool | None = None, s3_endpoint_url: str | None = None,
                       stop_after: int | None = None) -> BatchResult:
-    """Score every image below `images` (folder or s3:// prefix) on Ray Data into `out`.
-    `stop_after`: stop once that many shards were written (a test's interruption)."""
+    """Score every image below `images` (folder or s3:// prefix) on Ray Data into `out`, `workers`
+    actors at once. `stop_after`: stop once that many shards were written (a test's interruption)."""
+    from .batch_shards import Plan, fingerprint, list_inputs, model_digest, open_output, shards_of
+
     threshold = threshold if threshold is not None else payload.get("threshold")
-    s3 = _s3_settings(s3_endpoint_url) if images.startswith("s3://") else None
+    s3 = _s3_settings(images, s3_endpoint_url) if images.startswith("s3://") else None
     items = list_inputs(images, s3)
     plan = Plan(model=model, model_digest=model_digest(payload), images=images, count=len(items),
                 fingerprint=fingerprint(items), shard_size=shard_size, threshold=threshold, overlays=overlays)
-    pending = open_output(out, plan, resume)
-    shards = shards_of(len(items), shard_size)
+    pending = open_output(out, plan, resume)  # refuses a non-empty folder or another plan first
     kept = plan.shard_count - len(pending)
     if kept:
         print(f"resuming {out}: {kept} of {plan.shard_count} shards already written, {len(pending)} to score",
               flush=True)
-    done = _stream(payload, [(i, [items[j] for j in shards[i]]) for i in pending], out, plan,
-                   _Settings(workers, batch_size, compile, skip_unreadable, s3), kept, stop_after)
-    if done < len(pending):
-        return BatchResult(None, done, kept, len(items))
+    shards = shards_of(len(items), shard_size)
+    times = _stream(payload, [(i, [items[j] for j in shards[i]]) for i in pending], out, plan,
+                    _Settings(workers, batch_size, compile, skip_unreadable, s3), kept, stop_after)
+    if len(times) < len(pending):
+        return BatchResult(None, len(times), kept, len(items), times)
+    return BatchResult(_finish(out, plan), len(times), kept, len(items), times)
+
+
+def _finish(out: Path, plan: Plan) -> Path:
+    """Merge the shards into scores.csv (and skipped.csv) and print predict's summary line."""
+    from logicad.data.errors import DatasetError
+
+    from .batch_shards import merge
+    from .predict import summary_line
+
     verdicts, skipped = merge(out, plan.shard_count)
     if skipped:
         print(f"skipped {skipped} unreadable image(s), listed in {out / 'skipped.csv'}", flush=True)
     if not verdicts:
-        raise DatasetError(f"{images}: no readable images to score")
-    from .predict import summary_line
-
-    print(summary_line(verdicts, threshold, skipped), flush=True)
-    return BatchResult(out / "scores.csv", done, kept, len(items))
+        raise DatasetError(f"{plan.images}: no readable images to score")
+    print(summary_line(verdicts, plan.threshold, skipped), flush=True)
+    return out / "scores.csv"
 
 
 class _Settings(NamedTuple):
@@ -232,14 +247,15 @@ class _Settings(NamedTuple):
     s3: Any
 
 
-def _s3_settings(endpoint_url: str | None):
+def _s3_settings(uri: str, endpoint_url: str | None):
     """The driver's S3 settings with its credentials resolved, so workers use the same ones."""
     from dataclasses import replace
 
-    from ..storage import S3Settings
+    from ..storage import S3Settings, s3_errors
 
     settings = S3Settings.from_env(endpoint_url)
-    credentials = settings.session().get_credentials()
+    with s3_errors(uri, settings, "resolving credentials"):
+        credentials = settings.session().get_credentials()
     if credentials is None:
         return settings
     frozen = credentials.get_frozen_credentials()
@@ -248,10 +264,10 @@ def _s3_settings(endpoint_url: str | None):
 
 
 def _stream(payload: dict[str, Any], todo: list[tuple[int, list[str]]], out: Path, plan: Plan,
-            settings: _Settings, kept: int, stop_after: int | None) -> int:
-    """Score the pending shards on Ray Data, writing each as it arrives; the number written."""
+            settings: _Settings, kept: int, stop_after: int | None) -> tuple[float, ...]:
+    """Score the pending shards on Ray Data, writing each as it arrives; when each was written."""
     if not todo:
-        return 0
+        return ()
     import ray
 
     from ..train.driver import ensure_ray
@@ -263,20 +279,20 @@ def _stream(payload: dict[str, Any], todo: list[tuple[int, list[str]]], out: Pat
     scored = dataset.map_batches(
         ShardScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=settings.workers), num_gpus=gpus,
         num_cpus=1,
-        fn_constructor_kwargs=dict(payload_ref=[ray.put(payload)], threshold=plan.threshold,
-                                   batch_size=settings.batch_size, compile=settings.compile,
-                                   overlays=plan.overlays, images=plan.images, s3=settings.s3))
+        fn_constructor_kwargs={"payload_ref": [ray.put(payload)], "threshold": plan.threshold,
+                               "batch_size": settings.batch_size, "compile": settings.compile,
+                               "overlays": plan.overlays, "images": plan.images, "s3": settings.s3})
     progress = _Progress(plan.count, plan.count - sum(len(items) for _, items in todo), plan.shard_count, kept)
-    every, written = max(1, len(todo) // 20), 0
+    every, times, start = max(1, len(todo) // 20), [], time.perf_counter()
     for row in scored.iter_rows():
         result = pickle.loads(row["result"])
         _write_result(out, result, settings.skip_unreadable)
-        written += 1
-        progress.shard_done(len(result["rows"]) + len(result["unreadable"]), show=written % every == 0
-                            or written == len(todo))
-        if stop_after is not None and written >= stop_after:
+        times.append(time.perf_counter() - start)
+        progress.shard_done(len(result["rows"]) + len(result["unreadable"]), show=len(times) % every == 0
+                            or len(times) == len(todo))
+        if stop_after is not None and len(times) >= stop_after:
             break
-    return written
+    return tuple(times)
 
 
 class _Progress:
@@ -300,11 +316,15 @@ class _Progress:
 def _write_result(out: Path, result: dict[str, Any], skip_unreadable: bool) -> None:
     """Overlays first, then the shard's part file (its presence marks the shard done). An
     unreadable image stops the run unless `skip_unreadable`; finished shards stay for --resume."""
+    from logicad.data.errors import DatasetError
+
+    from .batch_shards import write_atomic, write_shard
+
     if result["fatal"]:
         raise DatasetError(f"{result['fatal']} (while reading images on a worker; finished shards are kept, "
                            "rerun with --resume)")
     if result["unreadable"] and not skip_unreadable:
-        item, why = result["unreadable"][0]
+        why = result["unreadable"][0][1]
         raise DatasetError(f"{why} (give --skip-unreadable to list such images in skipped.csv and score the "
                            "rest; rerun with --resume)")
     for name, png in result["overlays"]:

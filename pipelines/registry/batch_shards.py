@@ -17,8 +17,9 @@ import json
 import os
 import uuid
 from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from logicad.data.errors import DatasetError
 from logicad.data.images import IMAGE_SUFFIXES
@@ -97,7 +98,7 @@ class Plan:
     def shard_count(self) -> int:
         return len(shards_of(self.count, self.shard_size))
 
-    def differences(self, other: "Plan") -> list[str]:
+    def differences(self, other: Plan) -> list[str]:
         """`field: was X, now Y` for every field that differs (the model's URI itself may change,
         e.g. an alias that still names the same weights: its digest decides)."""
         mine, theirs = asdict(self), asdict(other)
@@ -106,7 +107,8 @@ class Plan:
 
 
 def model_digest(payload: dict[str, Any]) -> str:
-    """A digest of what scores: method, config, threshold and every tensor of the state dict."""
+    """A digest of what scores: method, config and every tensor of the state dict (so a moved
+    alias that names other weights is caught, and one that names the same weights is not)."""
     import torch
 
     digest = hashlib.sha256()
