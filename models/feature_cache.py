@@ -1,20 +1,25 @@
-"""Frozen-backbone features of training images, computed once, for any method.
+"""Frozen-network features of training images, computed once, for any method.
 
-A method that trains without augmentation on top of a frozen feature extractor
-(FOD, DFSC's teacher, ...) computes the same features for a training image at every
-epoch. `FeatureCache.lookup(images, index, compute)` serves them from memory instead.
+A method that trains without augmentation on top of a frozen feature extractor (FOD's
+backbone, DFSC's teacher) computes the same features for a training image at every epoch.
+`FeatureCache.lookup(images, index, compute)` serves them from memory instead.
 
-- Keyed by the dataset index (`batch["index"]`, which the training loop's batches
-  carry) and checked against a fingerprint of the image, so a different image under
-  the same index (another dataset, an augmenting transform) is recomputed, never
-  served stale.
-- Memory-bounded: entries are added until `budget_bytes` is used; later images are
-  computed every time (no eviction churn).
-- Device-aware: CPU features are kept in RAM. CUDA features are kept on the device
-  when the whole budget fits in half of the device's free memory at the first insert,
-  else in pinned host memory and copied back asynchronously (`placement`).
-- Exact: entries keep the computed dtype unless `dtype` is given, so a hit returns the
-  very tensor a fresh computation gives.
+- Keyed by the dataset index (`batch["index"]`, which the training loop's batches carry)
+  and checked against a fingerprint of the image, so a different image under the same index
+  (another dataset, an augmenting transform) is recomputed, never served stale. Fingerprints
+  are compared in one batched op per lookup (one host sync, not one per image).
+- Exact, or rounded the same way every time: entries keep the computed dtype unless `dtype`
+  is given (DFSC: float16, half the memory; normalised teacher features are O(1) and float16
+  keeps 11 bits). With `dtype` set, every result goes through the same rounding, cached or
+  not, so training does not depend on what was cached.
+- Memory-bounded by `budget_bytes`; what happens past the budget is `partial`:
+  True caches the images that fit and computes the rest every time (no eviction churn);
+  False turns the cache off for the run at the first entry that does not fit (`skipped`),
+  since on a GPU a partial cache's bookkeeping costs more than the forward it saves;
+  None (default) = partial on the CPU, all-or-nothing on a GPU.
+- Device-aware: CPU features are kept in RAM. CUDA features are kept on the device when the
+  whole budget fits in half of the device's free memory at the first insert, else in pinned
+  host memory and copied back asynchronously (`placement`).
 
 `compute` maps a batch of images (B x ...) to a tuple of per-level tensors (B x ...).
 """
@@ -30,23 +35,29 @@ DEVICE_FRACTION = 0.5
 
 
 def image_fingerprint(images: torch.Tensor) -> torch.Tensor:
-    """B x 3 float64 on the CPU: per image the sum, the sum of squares, and a position-weighted
-    sum (so a shifted or permuted image differs), computed on the images' device."""
+    """B x 3 float64 on the images' device: per image the sum, the sum of squares, and a
+    position-weighted sum (so a shifted or permuted image differs)."""
     flat = images.detach().flatten(1).double()
     ramp = torch.linspace(-1.0, 1.0, flat.shape[1], dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(1), flat.square().sum(1), (flat * ramp).sum(1)], dim=1).cpu()
+    return torch.stack([flat.sum(1), flat.square().sum(1), (flat * ramp).sum(1)], dim=1)
+
+
+Levels = tuple[torch.Tensor, ...]
 
 
 class FeatureCache:
     """dataset index -> (fingerprint, tuple of feature tensors) within a memory budget."""
 
-    def __init__(self, budget_bytes: int, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, budget_bytes: int, dtype: torch.dtype | None = None, partial: bool | None = None) -> None:
         self.budget = int(budget_bytes)
         self.dtype = dtype
-        self.entries: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self.partial = partial
+        self.entries: dict[int, tuple[torch.Tensor, Levels]] = {}
         self.used = 0
         self.hits = 0
         self.misses = 0
+        #: the training set did not fit and `partial` is off: every lookup computes
+        self.skipped = False
         #: where entries live: None (nothing stored yet), "device" or "host"
         self.placement: str | None = None
 
@@ -57,10 +68,60 @@ class FeatureCache:
     def clear(self) -> None:
         self.entries.clear()
         self.used = 0
+        self.skipped = False
         self.placement = None
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def partial_on(self, device: torch.device) -> bool:
+        """Whether a training set over the budget is cached in part on `device`."""
+        return device.type == "cpu" if self.partial is None else self.partial
+
+    def lookup(self, images: torch.Tensor, index: torch.Tensor | Sequence[int],
+               compute: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> Levels:
+        """The features of `images` (dataset indices `index`): cached rows where the
+        fingerprint matches, the rest from `compute` (stored while the budget lasts)."""
+        if not self.enabled or self.skipped:  # no cache: the computed features as they are
+            return tuple(compute(images))
+        keys = [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+        prints = image_fingerprint(images)
+        found = self._hits(keys, prints)
+        missing = [row for row in range(len(keys)) if row not in found]
+        self.hits += len(found)
+        self.misses += len(missing)
+        if not missing:
+            return self._stacked(found, len(keys), images.device)
+        rows = torch.tensor(missing, device=images.device)
+        fresh = self._rounded(tuple(compute(images if len(missing) == len(keys) else images.index_select(0, rows))))
+        self._place(fresh[0].device)
+        for j, row in enumerate(missing):
+            found[row] = tuple(f[j] for f in fresh)
+            self._insert(keys[row], prints[row], found[row], images.device)
+        return fresh if len(missing) == len(keys) else self._stacked(found, len(keys), images.device)
+
+    def _hits(self, keys: list[int], prints: torch.Tensor) -> dict[int, Levels]:
+        """{row: cached levels} for the rows whose stored fingerprint equals the image's."""
+        have = [row for row, key in enumerate(keys) if key in self.entries]
+        if not have:
+            return {}
+        ref = torch.stack([self.entries[keys[row]][0] for row in have]).to(prints.device)
+        same = (ref == prints[have]).all(dim=1).tolist()  # one host sync
+        return {row: self.entries[keys[row]][1] for row, ok in zip(have, same) if ok}
+
+    def _insert(self, key: int, fingerprint: torch.Tensor, levels: Levels, device: torch.device) -> None:
+        if key in self.entries or self.skipped:
+            return
+        nbytes = sum(t.numel() * t.element_size() for t in levels)
+        if self.used + nbytes <= self.budget:
+            self.entries[key] = (fingerprint.clone(), tuple(self._store(t) for t in levels))
+            self.used += nbytes
+        elif not self.partial_on(device):  # over the budget: no cache at all
+            self.clear()
+            self.skipped = True
+
+    def _rounded(self, levels: Levels) -> Levels:
+        return levels if self.dtype is None else tuple(t.to(self.dtype) for t in levels)
 
     def _place(self, device: torch.device) -> str:
         if self.placement is None:
@@ -72,47 +133,13 @@ class FeatureCache:
         return self.placement
 
     def _store(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().to(self.dtype or tensor.dtype).clone()
+        tensor = tensor.detach().clone()
         if self.placement == "host" and tensor.is_cuda:
             tensor = tensor.to("cpu").pin_memory()
         return tensor
 
-    def lookup(self, images: torch.Tensor, index: torch.Tensor | Sequence[int],
-               compute: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-        """The features of `images` (dataset indices `index`): cached rows where the
-        fingerprint matches, the rest from `compute` (and stored while the budget lasts)."""
-        keys = [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
-        if not self.enabled:
-            return tuple(compute(images))
-        prints = image_fingerprint(images)
-        rows: dict[int, tuple[torch.Tensor, ...]] = {}
-        for row, key in enumerate(keys):
-            entry = self.entries.get(key)
-            if entry is not None and torch.equal(entry[0], prints[row]):
-                rows[row] = entry[1]
-        missing = [row for row in range(len(keys)) if row not in rows]
-        self.hits += len(rows)
-        self.misses += len(missing)
-        if len(missing) == len(keys):
-            fresh = tuple(compute(images))
-        elif missing:
-            fresh = tuple(compute(images.index_select(0, torch.tensor(missing, device=images.device))))
-        else:
-            fresh = ()
-        if self.dtype is not None:  # every result goes through the same rounding, cached or not
-            fresh = tuple(f.to(self.dtype) for f in fresh)
-        if missing:
-            self._place(fresh[0].device)
-        for j, row in enumerate(missing):
-            level_rows = tuple(f[j] for f in fresh)
-            rows[row] = level_rows
-            nbytes = sum(t.numel() * t.element_size() for t in level_rows)
-            if keys[row] not in self.entries and self.used + nbytes <= self.budget:
-                self.entries[keys[row]] = (prints[row], tuple(self._store(t) for t in level_rows))
-                self.used += nbytes
-        if len(missing) == len(keys):
-            return fresh
-        device = images.device
+    @staticmethod
+    def _stacked(rows: dict[int, Levels], n: int, device: torch.device) -> Levels:
         levels = len(rows[0])
-        return tuple(torch.stack([rows[row][level].to(device, non_blocking=True) for row in range(len(keys))])
+        return tuple(torch.stack([rows[row][level].to(device, non_blocking=True) for row in range(n)])
                      for level in range(levels))

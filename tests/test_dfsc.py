@@ -17,7 +17,7 @@ from logicad.models.dfsc.network import (
     decoder_sizes,
     pdn_output_size,
 )
-from logicad.models.dfsc.teacher_cache import TeacherCache
+from logicad.models.feature_cache import FeatureCache
 
 from images import square_images as _images
 
@@ -222,19 +222,24 @@ def test_training_step_returns_the_losses_in_float32_under_bf16_autocast():
     assert model.student.conv1.weight.grad is not None and model.autoencoder.head[1].weight.grad is not None
 
 
+def _teacher(model):
+    """The teacher forward as the cache's `compute` (a tuple of levels: one)."""
+    return lambda x: (model._teacher_features(x),)
+
+
 def test_teacher_cache_serves_the_same_features_and_recomputes_a_changed_image():
     model = _model()
     images = _images(2, 64)
     model.prepare(_batches(images, 2))
     direct = model._teacher_features(images)
-    first = model.cache.lookup(images, torch.arange(2), model._teacher_features)
-    again = model.cache.lookup(images, torch.arange(2), model._teacher_features)
+    first = model.cache.lookup(images, torch.arange(2), _teacher(model))[0].float()
+    again = model.cache.lookup(images, torch.arange(2), _teacher(model))[0].float()
     assert model.cache.hits == 2 and model.cache.misses == 2 and torch.equal(first, again)
     assert torch.allclose(first, direct, rtol=2e-3, atol=2e-3)
-    other = model.cache.lookup(images.flip(0), torch.arange(2), model._teacher_features)  # same keys, new images
+    other = model.cache.lookup(images.flip(0), torch.arange(2), _teacher(model))[0].float()  # same keys, new images
     assert model.cache.misses == 4 and torch.allclose(other, direct.flip(0), rtol=2e-3, atol=2e-3)
-    small = TeacherCache(budget_bytes=384 * 8 * 8 * 2)  # room for one image's features
-    assert torch.equal(small.lookup(images, torch.arange(2), model._teacher_features), first)
+    small = FeatureCache(budget_bytes=384 * 8 * 8 * 2, dtype=torch.float16)  # room for one image's features
+    assert torch.equal(small.lookup(images, torch.arange(2), _teacher(model))[0].float(), first)
     assert len(small.entries) == 1 and small.used <= small.budget
 
 
@@ -562,22 +567,22 @@ def test_teacher_cache_caches_in_part_on_the_cpu_and_all_or_nothing_on_a_gpu():
     images = _images(3, 64)
     model.prepare(_batches(images, 3))
     one_image = 384 * 8 * 8 * 2
-    assert TeacherCache(one_image).partial_on(torch.device("cpu"))
-    assert not TeacherCache(one_image).partial_on(torch.device("cuda"))
+    assert FeatureCache(one_image, dtype=torch.float16).partial_on(torch.device("cpu"))
+    assert not FeatureCache(one_image, dtype=torch.float16).partial_on(torch.device("cuda"))
     direct = model._teacher_features(images)
-    part = TeacherCache(2 * one_image)  # the CPU policy: two of three images cached
-    first = part.lookup(images, torch.arange(3), model._teacher_features)
+    part = FeatureCache(2 * one_image, dtype=torch.float16)  # the CPU policy: two of three images cached
+    first = part.lookup(images, torch.arange(3), _teacher(model))[0].float()
     assert len(part.entries) == 2 and not part.skipped
-    assert torch.equal(part.lookup(images, torch.arange(3), model._teacher_features), first)
+    assert torch.equal(part.lookup(images, torch.arange(3), _teacher(model))[0].float(), first)
     assert part.hits == 2
-    whole = TeacherCache(2 * one_image, partial=False)  # the GPU policy: does not fit -> off
-    assert torch.equal(whole.lookup(images, torch.arange(3), model._teacher_features), first)
+    whole = FeatureCache(2 * one_image, partial=False, dtype=torch.float16)  # the GPU policy: does not fit -> off
+    assert torch.equal(whole.lookup(images, torch.arange(3), _teacher(model))[0].float(), first)
     assert whole.skipped and not whole.entries and whole.used == 0
-    assert torch.equal(whole.lookup(images, torch.arange(3), model._teacher_features), direct)  # fresh, unrounded
+    assert torch.equal(whole.lookup(images, torch.arange(3), _teacher(model))[0].float(), direct)  # fresh, unrounded
     assert whole.hits == 0
-    fits = TeacherCache(3 * one_image, partial=False)  # fits: cached as on the CPU
-    fits.lookup(images, torch.arange(3), model._teacher_features)
-    fits.lookup(images, torch.arange(3), model._teacher_features)
+    fits = FeatureCache(3 * one_image, partial=False, dtype=torch.float16)  # fits: cached as on the CPU
+    fits.lookup(images, torch.arange(3), _teacher(model))
+    fits.lookup(images, torch.arange(3), _teacher(model))
     assert fits.hits == 3 and not fits.skipped
     whole.clear()
     assert not whole.skipped

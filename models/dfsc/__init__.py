@@ -3,7 +3,7 @@
 - `network`: PDN-S (shared, `logicad.models.pdn`) and the autoencoder with DFSC's change
 - `loss`: L_hard, L_ae/L_stae, the DFSC hinge, quantiles without a size limit
 - `scoring`: difference maps, quantile normalisation, sigmoid, padding, resize
-- `teacher_cache`: teacher features of training images computed once
+- teacher features of training images are computed once (`models/feature_cache.py`)
 - `sparse_grad`: the student's last conv with a backward that uses L_hard's sparse gradient
 - `method`: `DFSCConfig` and `DFSC(Method)`
 """

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Collective, ConfigError, Method, MethodConfig, Stage, register
+from ..feature_cache import FeatureCache
 from ..pdn import pdn_output_size
 from . import loss as L
 from . import scoring
@@ -27,7 +28,6 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, colour_jitter
 from .backbone_teacher import BackboneTeacher
 from .network import AE_NORMS, Autoencoder, PDNSmall, decoder_sizes
 from .sparse_grad import sparse_grad_conv2d
-from .teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,9 @@ class DFSC(Method):
         self.register_buffer("q_st", torch.tensor([0.0, 1.0]))
         self.register_buffer("q_ae", torch.tensor([0.0, 1.0]))
         self.register_buffer("finalized", torch.tensor(False))
-        self.cache = TeacherCache(c.teacher_cache_mb * 2**20)
+        # float16 entries (half the memory; every target then takes the same rounding); on a GPU
+        # all or nothing: a set over the budget turns the cache off
+        self.cache = FeatureCache(c.teacher_cache_mb * 2**20, dtype=torch.float16)
         self._teacher_info = self._backbone_info() if c.teacher == "backbone" else \
             "random init (no teacher weights: --set teacher_weights=PATH, or --set teacher=backbone)"
         self._teacher_error: str | None = None
@@ -295,7 +297,7 @@ class DFSC(Method):
         index = batch.get("index")
         if index is None or not self.cache.enabled:
             return self._teacher_features(images)
-        return self.cache.lookup(images, torch.as_tensor(index), self._teacher_features)
+        return self.cache.lookup(images, index, lambda x: (self._teacher_features(x),))[0].float()
 
     def training_targets(self, batch: dict[str, Any], images: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
