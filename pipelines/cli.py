@@ -382,6 +382,74 @@ def add_tune(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+# --- export -----------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from logicad.data import load_split
+
+    from .export.errors import ExportError
+    from .export.onnx_export import check_out, default_out, export_model, summary
+    from .registry.pyfunc import load_payload_any, model_origin, recorded_category
+    from .registry.tracking import default_tracking_uri, preflight
+    from .train.checkpoints import method_from_payload
+
+    if args.out:
+        check_out(Path(args.out))  # before any work
+    uri = args.tracking_uri or default_tracking_uri()  # exactly as evaluate resolves it
+    if uri.startswith("http") and ":/" in args.model and not Path(args.model).exists():
+        preflight(uri)
+    mlflow.set_tracking_uri(uri)
+    origin = model_origin(args.model, uri)
+    payload = load_payload_any(args.model)
+    method = method_from_payload(payload)
+    if args.data is None and args.category is None:  # the synthetic default: the model's own category
+        args.category = recorded_category(args.model, uri)
+    data, category, _ = resolve_data(args)
+    splits = {split: load_split(args.dataset, data, category, split, method.config.image_size)
+              for split in ("validation", "test")}
+    out = Path(args.out) if args.out else default_out(method.name, category)
+    registered = args.model.startswith("models:/")
+    print(f"exporting {method.name} ({args.model}" + (f", MLflow run {origin['run_id']}" if origin.get("run_id")
+          else "") + f") to ONNX; parity on {sum(map(len, splits.values()))} validation and test images",
+          flush=True)
+    try:
+        report = export_model(method, payload, args.model, category, out, splits, args.opset, args.batch_size)
+    except ExportError as exc:
+        if registered and exc.report is not None:
+            from .export.registry_record import record_export
+
+            record_export(args.model, uri, exc.report, None)
+        raise
+    print(summary(report))
+    if registered:
+        from .export.registry_record import record_export
+
+        print(f"parity.json and contract.json logged to the run of {record_export(args.model, uri, report, out)}; "
+              "version tagged onnx_parity=pass")
+    print(f"exported to {out / 'model.onnx'} (contract.json and parity.json beside it); "
+          f"score with: logicad predict --model {out} --images DIR")
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX, checked against torch on its validation "
+                                      "and test images")
+    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
+                                                  "or a model.pt file or its folder")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx, the default)")
+    p.add_argument("--out", "--output", dest="out", default=None,
+                   help="folder to write model.onnx, contract.json and parity.json (must not exist or be empty; "
+                        "default: a new outputs/export/<method>-<category>-<UTC time>)")
+    _data_args(p)
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="images per batch in the parity check (default 8)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    p.set_defaults(func=cmd_export)
+
+
 # --- promote / predict -------------------------------------------------------------------
 def cmd_promote(args: argparse.Namespace) -> int:
     from .registry.promote import Decision, promote
@@ -407,6 +475,10 @@ def add_promote(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .export.contract import is_exported_model
+
+    if is_exported_model(args.model):
+        return predict_exported(args)
     import mlflow
 
     from .config import score_only_settings
@@ -430,9 +502,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_exported(args: argparse.Namespace) -> int:
+    """`predict` with a folder written by `logicad export` (or its model.onnx): onnxruntime, no torch."""
+    from .export.errors import OnnxModelError
+    from .export.onnx_scoring import predict_onnx
+
+    if args.set or args.config or args.compile:
+        raise OnnxModelError(f"{args.model}: --set, --config and --compile do not apply to an exported model "
+                             "(its settings are fixed in the graph); export again with other settings")
+    images = Path(args.images)
+    if args.images.startswith("s3://"):
+        from .storage import S3Settings, sync_dataset
+
+        images = sync_dataset(args.images, cache_dir() / "s3", S3Settings.from_env(args.s3_endpoint_url))
+    scores = predict_onnx(args.model, images, Path(args.out), args.threshold, args.batch_size, args.skip_unreadable)
+    print(f"scores written to {scores} (onnxruntime); heatmap overlays in {Path(args.out) / 'overlays'}")
+    return 0
+
+
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="score a folder of images with a saved or registered model")
-    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3, or a model.pt path")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@champion, models:/NAME/3, a model.pt path, or a folder written by "
+                        "`logicad export` (or its model.onnx: scored by onnxruntime, without torch)")
     p.add_argument("--images", required=True, help="folder (searched recursively) or s3://bucket/prefix")
     p.add_argument("--out", "--output", dest="out", default="outputs/predict",
                    help="where scores.csv and the overlays are written")
@@ -507,7 +599,7 @@ def add_fuse(sub) -> None:
 
 
 COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill,
-                                  add_tune, add_fuse, add_promote, add_predict)
+                                  add_tune, add_fuse, add_promote, add_predict, add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,24 +619,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the imports below: --help must not load torch
+    try:
+        return args.func(args)
+    except reported_errors() as exc:  # evaluated only when something was raised: no import otherwise
+        print(f"logicad: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def reported_errors() -> tuple[type[Exception], ...]:
+    """The errors `main` reports in one line (exit code 2). Imported only once one was raised,
+    so a verb that never loads torch (predict with an exported model) does not load it here."""
     from logicad.data.errors import DatasetError
     from logicad.models.base import ConfigError
 
     from logicad.models.backbones import BackboneWeightsError
     from logicad.models.distill import TeacherFileError
 
+    from .export.errors import ExportError, OnnxModelError
     from .train.checkpoints import ModelFileError
     from .storage import StorageError
     from .registry.tracking import TrackingError
     from .train.resources import ResourceRequestError
     from .train.worker import NonFiniteLossError
 
-    try:
-        return args.func(args)
-    except (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
-            StorageError, ResourceRequestError, NonFiniteLossError) as exc:
-        print(f"logicad: error: {exc}", file=sys.stderr)
-        return 2
+    return (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
+            StorageError, ResourceRequestError, NonFiniteLossError, ExportError, OnnxModelError)
 
 
 if __name__ == "__main__":
