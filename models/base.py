@@ -126,6 +126,12 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def backbones_in_use(self) -> dict[str, str]:
+        """The `BACKBONE_WEIGHTS` entries this config really builds (weights key -> architecture
+        key): what the driver checks and the plan line names. A method whose backbone hangs on
+        another key narrows it (DFSC with its PDN teacher builds no timm backbone)."""
+        return dict(self.BACKBONE_WEIGHTS)
+
 
 def _parse_value(key: str, raw: Any, annotation: Any) -> Any:
     """Parse `raw` (often a CLI string) into the field's type; ConfigError if it does not fit."""

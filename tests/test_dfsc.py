@@ -625,6 +625,8 @@ def test_preset_with_the_backbone_teacher_builds_with_the_shipped_imagenet_weigh
     assert config.teacher == "backbone" and config.teacher_backbone_weights == "imagenet-lite0"
     assert config.teacher_strides == (8,)
     assert DFSCConfig.BACKBONE_WEIGHTS == {"teacher_backbone_weights": "teacher_backbone"}
+    assert config.backbones_in_use() == DFSCConfig.BACKBONE_WEIGHTS
+    assert DFSCConfig.build(preset="cpu-synthetic").backbones_in_use() == {}  # the plan names no unused backbone
     model = DFSC(config)
     assert model.channels == 40 and model.teacher(torch.zeros(1, 3, 128, 128)).shape == (1, 40, 24, 24)
     pretrained, _ = create_backbone("tf_efficientnet_lite0", "imagenet-lite0", out_indices=(2,))

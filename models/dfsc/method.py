@@ -164,6 +164,10 @@ class DFSCConfig(MethodConfig):
     BACKBONE_WEIGHTS: ClassVar[dict[str, str]] = {"teacher_backbone_weights": "teacher_backbone"}
     SCORE_ONLY: ClassVar[tuple[str, ...]] = ("map_norm", "branches")
 
+    def backbones_in_use(self) -> dict[str, str]:
+        """The backbone teacher only when `teacher` is "backbone": the PDN teacher is no timm model."""
+        return dict(self.BACKBONE_WEIGHTS) if self.teacher == "backbone" else {}
+
     def validate(self) -> None:
         super().validate()
         if pdn_output_size(self.image_size) < 1:
