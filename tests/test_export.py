@@ -153,9 +153,9 @@ def _scores(path: Path) -> dict[str, tuple[float, str]]:
 
 @pytest.fixture(scope="module")
 def cli_export(small_loco, category, tmp_path_factory):
-    """A DFSC model.pt with a threshold, exported by `logicad export`."""
+    """A FOD model.pt with a threshold, exported by `logicad export`."""
     tmp = tmp_path_factory.mktemp("cli")
-    method = _fitted("dfsc", small_loco, category)
+    method = _fitted("fod", small_loco, category)
     test = load_split("mvtec_loco", small_loco, category, "test", method.config.image_size)
     scores = method.score(torch.stack([test[i]["image"] for i in range(len(test))]))[1]
     model = save_model(tmp / "model" / "model.pt", method, {"threshold": float(scores.median())})
@@ -197,3 +197,25 @@ def test_an_existing_non_empty_out_is_refused_in_one_line_before_any_work(cli_ex
     code = main(["export", "--model", str(cli_export["model"]), "--out", str(cli_export["onnx"])])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "exists and is not empty" in err
+
+
+def test_exporting_a_registered_version_logs_parity_and_contract_to_it(cli_export, small_loco, category):
+    import mlflow
+    import mlflow.tracking
+
+    from logicad.pipelines.registry import tracking
+    from logicad.pipelines.registry.pyfunc import log_and_register
+
+    tmp = cli_export["tmp"]
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, "export-test", {}, {})
+    mlflow.set_tracking_uri(uri)
+    ref = log_and_register(run_id, cli_export["model"], "logicad-fod-export-test")
+    tracking.end_run(uri, run_id)
+    assert main(["export", "--model", ref, "--data", str(small_loco), "--category", category,
+                 "--tracking-uri", uri, "--out", str(tmp / "registered")]) == 0
+    client = mlflow.tracking.MlflowClient(uri)
+    tags = client.get_model_version("logicad-fod-export-test", ref.rsplit("/", 1)[1]).tags
+    assert tags["onnx_parity"] == "pass" and float(tags["onnx_max_rel_diff"]) <= 1e-4
+    logged = {a.path for a in client.list_artifacts(run_id, "onnx")}
+    assert logged == {f"onnx/{CONTRACT_FILE}", f"onnx/{PARITY_FILE}"}
