@@ -168,3 +168,20 @@ def test_an_unreadable_image_stops_the_run_in_one_line_naming_it(ray_local, payl
         run_batch_predict(payload, "m", str(broken), tmp_path / "stopped", shard_size=5, overlays=False)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "stopped" / "scores.csv").exists()
+
+
+def test_batch_flags_choose_the_ray_path_and_refuse_zero_workers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\n"
+            "from logicad.pipelines.registry.batch_predict import add_batch_flags, wants_batch\n"
+            "p = argparse.ArgumentParser(); add_batch_flags(p)\n"
+            "assert not wants_batch(p.parse_args([]))\n"
+            "args = p.parse_args(['--workers', '2', '--shard-size', '64', '--no-overlays'])\n"
+            "assert wants_batch(args) and (args.workers, args.shard_size, args.overlays) == (2, 64, False)\n"
+            "assert wants_batch(p.parse_args(['--resume'])) and wants_batch(p.parse_args(['--ray']))\n"
+            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'numpy') if m in sys.modules]; assert not heavy, heavy\n"
+            "p.parse_args(['--workers', '0'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers: expected an integer >= 1, got 0" in done.stderr, done.stderr

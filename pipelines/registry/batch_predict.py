@@ -275,7 +275,7 @@ def _stream(payload: dict[str, Any], todo: list[tuple[int, list[str]]], out: Pat
     ensure_ray()
     dataset = ray.data.from_items([{"shard": i, "items": items} for i, items in todo],
                                   override_num_blocks=len(todo))
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = _gpus_per_actor(settings.workers)
     scored = dataset.map_batches(
         ShardScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=settings.workers), num_gpus=gpus,
         num_cpus=1,
@@ -293,6 +293,20 @@ def _stream(payload: dict[str, Any], todo: list[tuple[int, list[str]]], out: Pat
         if stop_after is not None and len(times) >= stop_after:
             break
     return tuple(times)
+
+
+def _gpus_per_actor(workers: int) -> float:
+    """One GPU per actor when the cluster has GPUs or can autoscale GPU nodes, else CPU; says so."""
+    from ..train.resources import cluster_gpu_view
+
+    cluster = cluster_gpu_view()
+    if cluster.now > 0 or cluster.can_autoscale():
+        per = min(1.0, cluster.largest_node())
+        print(f"scoring on {workers} actor(s), {per:g} GPU each ({cluster.describe()})", flush=True)
+        return per
+    print(f"scoring on {workers} actor(s) on CPU: the Ray cluster has no GPU and no GPU node type to autoscale",
+          flush=True)
+    return 0.0
 
 
 class _Progress:
