@@ -156,15 +156,17 @@ class ShardScorer:
         return out
 
     def _verdict(self, score: float) -> str:
-        return "n/a" if self.threshold is None else ("anomalous" if score > self.threshold else "good")
+        from ..export.predictions import verdict
+
+        return verdict(score, self.threshold)
 
     def _overlays(self, decoded: list[tuple[str, np.ndarray]], scored: list[tuple[np.ndarray, float]]):
         """Overlay PNGs named as `predict` names them; the colour scale is the shard's map range
         (shards are scored apart, so a run-wide range is not known while streaming)."""
         import cv2
 
+        from ..export.predictions import overlay, overlay_name
         from .batch_shards import relative_name
-        from .predict import overlay, overlay_name
 
         low = min(float(amap.min()) for amap, _ in scored)
         high = max(float(amap.max()) for amap, _ in scored)
@@ -176,6 +178,7 @@ class ShardScorer:
         return pictures
 
     def _caption(self, score: float) -> str:
+        """The caption `predict` writes on an overlay: score and verdict at the threshold."""
         if self.threshold is None:
             return f"score {score:.4g}"
         verdict = f" > {self.threshold:.4g}: anomalous" if score > self.threshold else \
@@ -227,8 +230,8 @@ def _finish(out: Path, plan: Plan) -> Path:
     """Merge the shards into scores.csv (and skipped.csv) and print predict's summary line."""
     from logicad.data.errors import DatasetError
 
+    from ..export.predictions import summary_line
     from .batch_shards import merge
-    from .predict import summary_line
 
     verdicts, skipped = merge(out, plan.shard_count)
     if skipped:
