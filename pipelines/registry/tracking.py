@@ -133,8 +133,15 @@ class StepLogger:
         self.client.log_batch(self.run_id, metrics=metrics)
 
 
-def log_results(uri: str, run_id: str, metrics: dict[str, Any], artifacts_dir: Path | None = None) -> None:
-    """Numeric results-contract metrics (nulls skipped) and the files of `artifacts_dir`."""
+#: file names `log_results` leaves out of a run's artifacts: the model is logged once, as the
+#: run's MLflow model (`pyfunc.log_and_register`), not a second time beside the plots
+MODEL_FILES = ("model.pt",)
+
+
+def log_results(uri: str, run_id: str, metrics: dict[str, Any], artifacts_dir: Path | None = None,
+                skip: tuple[str, ...] = MODEL_FILES) -> None:
+    """Numeric results-contract metrics (nulls skipped) and the files of `artifacts_dir` (its
+    sub-folders kept) except those named in `skip`."""
     from mlflow.entities import Metric
 
     client = _client(uri)
@@ -142,8 +149,61 @@ def log_results(uri: str, run_id: str, metrics: dict[str, Any], artifacts_dir: P
     values = [Metric(k, float(v), now, 0) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)]
     client.log_batch(run_id, metrics=values)
-    if artifacts_dir is not None:
-        client.log_artifacts(run_id, str(artifacts_dir))
+    if artifacts_dir is None:
+        return
+    for path in sorted(Path(artifacts_dir).rglob("*")):
+        if path.is_file() and path.name not in skip:
+            folder = path.parent.relative_to(artifacts_dir).as_posix()
+            client.log_artifact(run_id, str(path), None if folder == "." else folder)
+
+
+def run_artifact_location(uri: str, run_id: str) -> str:
+    """Where the run's artifacts live (file:// URI on a local store, the server's URI otherwise)."""
+    return _client(uri).get_run(run_id).info.artifact_uri
+
+
+def logged_model_location(uri: str, model_uri: str) -> str:
+    """Where the files of the model behind `model_uri` (models:/NAME/V or MLflow 3's models:/m-ID)
+    live: a file:// URI on a local store, the server's artifact URI otherwise."""
+    client = _client(uri)
+    reference = model_uri.removeprefix("models:/").strip("/")
+    if not (reference.startswith("m-") and "/" not in reference):
+        name, _, version = reference.partition("/")
+        found = client.get_model_version(name, version)
+        source = found.model_id or found.source  # a version's source is the logged model's URI
+        if not source.startswith(("models:/", "m-")):
+            return source  # a version registered from a plain artifact location
+        reference = source.removeprefix("models:/").strip("/")
+    return client.get_logged_model(reference).artifact_location
+
+
+def local_folder(location: str) -> Path | None:
+    """The folder of an artifact location on this machine's disk (file:// URI or plain path);
+    None when it is on a server or in a bucket."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return Path(location)
+    return None
+
+
+def artifact_bytes(uri: str, location: str) -> int:
+    """Total size of the files under a (remote) artifact location, listed through MLflow."""
+    import mlflow.artifacts
+
+    total, folders = 0, [None]
+    while folders:
+        folder = folders.pop()
+        for info in mlflow.artifacts.list_artifacts(artifact_uri=location, artifact_path=folder,
+                                                    tracking_uri=uri):
+            if info.is_dir:
+                folders.append(info.path)
+            else:
+                total += info.file_size or 0
+    return total
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

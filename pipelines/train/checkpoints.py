@@ -1,4 +1,11 @@
-"""One file holds everything needed to score (and to resume training): `model.pt`."""
+"""One file holds everything needed to score: `model.pt`.
+
+Two flavours of the same format: the full file a Ray checkpoint holds during training (weights,
+statistics and the optimizers' and schedulers' state, which resuming reads) and the lean file
+that is registered and kept in outputs/ (weights, config, statistics, thresholds and a summary
+of the training, no optimizer state). `read_model_file` reads both, and files written before the
+lean one existed.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +25,13 @@ class ModelFileError(ValueError):
     """A path that is not a logicad model file; the message names it."""
 
 
-def save_model(path: str | Path, method: Method, extra: dict[str, Any] | None = None) -> Path:
-    """Write method name, config, weights + statistics (and e.g. training state) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+#: keys of a payload's "training" entry that only resuming reads (the Ray checkpoints keep them)
+RESUME_ONLY = ("optimizers", "schedulers")
+
+
+def save_model(path: str | Path, method: Method, extra: dict[str, Any] | None = None, lean: bool = False) -> Path:
+    """Write method name, config, weights + statistics (and e.g. training state) to `path`;
+    `lean` drops the optimizer and scheduler state (see `lean_payload`)."""
     payload = {
         "format": FORMAT,
         "method": method.name,
@@ -29,10 +39,40 @@ def save_model(path: str | Path, method: Method, extra: dict[str, Any] | None = 
         "state_dict": {k: v.detach().cpu() for k, v in method.state_dict().items()},
         **(extra or {}),
     }
+    return write_payload(path, lean_payload(payload) if lean else payload)
+
+
+def write_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """torch.save `payload` to `path` through a temporary name, so no half-written model is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
-    tmp.replace(path)  # never leave a half-written model behind
+    tmp.replace(path)  # a hard link to `path` elsewhere keeps the old contents
     return path
+
+
+def lean_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without optimizer and scheduler state: what scoring and a registry need.
+    The training summary (stage, step, finished, health) stays; `payload` is not changed."""
+    training = payload.get("training")
+    if not isinstance(training, dict):
+        return dict(payload)
+    return {**payload, "training": {k: v for k, v in training.items() if k not in RESUME_ONLY}}
+
+
+def has_resume_state(payload: dict[str, Any]) -> bool:
+    """Whether the payload holds optimizer or scheduler state (a full, resumable file)."""
+    training = payload.get("training")
+    return isinstance(training, dict) and any(training.get(k) for k in RESUME_ONLY)
+
+
+def save_lean_copy(source: str | Path, dest: str | Path, **fields: Any) -> Path:
+    """Write the lean form of the model file `source` (plus top-level `fields`, e.g. thresholds)
+    to `dest`; `source` and `dest` may be the same file."""
+    payload = lean_payload(read_model_file(source))
+    payload.update(fields)
+    return write_payload(dest, payload)
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
@@ -68,6 +108,4 @@ def update_model_file(path: str | Path, **fields: Any) -> None:
     """Add or replace top-level fields (e.g. the verdict threshold) of a model file in place."""
     payload = read_model_file(path)
     payload.update(fields)
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_payload(path, payload)

@@ -17,8 +17,8 @@ from logicad.models.base import ConfigError, MethodConfig, method_class
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .run_dirs import (disk_usage, existing_names, human_bytes, latest_with_prefix, point_latest, refuse_reuse,
-                       timestamped)
+from .run_dirs import (existing_names, files_below, human_bytes, latest_with_prefix, link_identical, point_latest,
+                       refuse_reuse, timestamped)
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .nonfinite import guarded_train_loop, raise_if_nonfinite
@@ -160,14 +160,75 @@ def _run_name(job: TrainJob) -> str:
     return timestamped(prefix, taken)
 
 
-def disk_summary(paths: dict[str, str], filesystem=None) -> str:
-    """`what: path (size)` for each local path; paths on an S3 filesystem are named without a size."""
-    parts = []
-    for what, path in paths.items():
-        local = Path(path)
-        size = f" ({human_bytes(disk_usage(local))})" if filesystem is None and local.exists() else ""
-        parts.append(f"{what} {path}{size}")
-    return "; ".join(parts)
+@dataclass
+class Place:
+    """One place a run wrote to: its own bytes (None: not measurable from here) and the bytes of
+    hard links to files already counted at an earlier place."""
+
+    what: str
+    where: str
+    own: int | None
+    linked: int = 0
+
+    def text(self) -> str:
+        size = "size unknown" if self.own is None else human_bytes(self.own)
+        return f"{self.what} {self.where} ({size}" + (f" + {human_bytes(self.linked)} linked" if self.linked else
+                                                      "") + ")"
+
+
+def _local_bytes(path: Path, seen: set[tuple[int, int]]) -> tuple[int, int]:
+    """(bytes of files not in `seen`, bytes of those already seen); adds to `seen`."""
+    own = linked = 0
+    for file in files_below(path):
+        info = file.stat()
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            linked += info.st_size
+        else:
+            seen.add(key)
+            own += info.st_size
+    return own, linked
+
+
+def _filesystem_bytes(filesystem, path: str) -> int:
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sum(info.size or 0 for info in infos if info.type == fs.FileType.File)
+
+
+def measure_places(paths: dict[str, str | None], filesystem=None, tracking_uri: str | None = None) -> list[Place]:
+    """Size every place: a local path on disk (a hard-linked file counts once, at the first place
+    that holds it), an MLflow artifact URI through MLflow, any other path on `filesystem` (the
+    Ray storage's S3 bucket). Places given as None are left out."""
+    seen: set[tuple[int, int]] = set()
+    places = []
+    for what, where in paths.items():
+        if not where:
+            continue
+        own: int | None
+        linked = 0
+        try:
+            if Path(where).exists():
+                own, linked = _local_bytes(Path(where), seen)
+            elif ":/" in where:
+                own = tracking.artifact_bytes(tracking_uri or tracking.default_tracking_uri(), where)
+            else:
+                own = _filesystem_bytes(filesystem, where) if filesystem is not None else None
+        except Exception:  # a store that cannot be listed from here: named without a size
+            own = None
+        places.append(Place(what, where, own, linked))
+    return places
+
+
+def disk_summary(paths: dict[str, str | None], filesystem=None, tracking_uri: str | None = None) -> str:
+    """`what path (size)` for each place (`measure_places`) and what they hold together, e.g.
+    `run outputs/... (12.1 MB); Ray checkpoints ... (2 KB + 12.0 MB linked); 12.1 MB in all`."""
+    places = measure_places(paths, filesystem, tracking_uri)
+    total = human_bytes(sum(p.own or 0 for p in places))
+    notes = (["hard links counted once"] if any(p.linked for p in places) else []) + \
+        [f"{p.what} not counted" for p in places if p.own is None]
+    return "; ".join([*(p.text() for p in places), f"{total} in all" + (f" ({', '.join(notes)})" if notes else "")])
 
 
 def storage_run_names(job: TrainJob) -> list[str]:
@@ -275,6 +336,8 @@ def run_train(job: TrainJob) -> dict[str, Any]:
 
 
 def _finish(job: TrainJob, uri: str, run_id: str, run_name: str, result, train_seconds: float) -> dict[str, Any]:
+    """Copy the final checkpoint (lean model, metrics, plots) into the run folder, log the metrics
+    and plots to the MLflow run, register the model once, then keep one copy of its bytes."""
     out = run_group(job) / run_name
     model_dir = out / "model"
     if model_dir.exists():  # only a resumed run reaches here with its directory present
@@ -288,7 +351,7 @@ def _finish(job: TrainJob, uri: str, run_id: str, run_name: str, result, train_s
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (model_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    tracking.log_results(uri, run_id, record, model_dir)
+    tracking.log_results(uri, run_id, record, model_dir)  # metrics and plots; the model is logged once, below
     if job.register:
         import mlflow
 
@@ -296,10 +359,55 @@ def _finish(job: TrainJob, uri: str, run_id: str, run_name: str, result, train_s
 
         mlflow.set_tracking_uri(uri)
         name = tracking.registered_name(job.method, job.category)
-        tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": record.get("threshold")}
+        tags = {**data_identity(job.dataset, job.data_root, job.category), "threshold": record.get("threshold"),
+                **({"threshold_fpr": record["threshold_fpr"]} if record.get("threshold_fpr") is not None else {})}
         record["model_uri"] = log_and_register(run_id, model_dir / MODEL_FILE, name, tags)
         record["registered_model"] = name
-        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    ray_model = _local_checkpoint_model(job, result)
+    record["written"] = _written(job, uri, run_id, record, ray_model)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     tracking.end_run(uri, run_id)
     point_latest(Path(job.output_dir), out)
     return record
+
+
+def _local_checkpoint_model(job: TrainJob, result) -> Path | None:
+    """The final Ray checkpoint's model file when the Ray storage is this machine's disk."""
+    if job.storage_filesystem is not None or result.checkpoint is None:
+        return None
+    path = Path(result.checkpoint.path) / MODEL_FILE
+    return path if path.is_file() else None
+
+
+def _written(job: TrainJob, uri: str, run_id: str, record: dict[str, Any], ray_model: Path | None) -> dict[str, str]:
+    """Every place the run wrote to (for the closing line), after making the copies of the lean
+    model on this disk one file (`keep_one_copy`): the run folder's, the final Ray checkpoint's
+    and the logged MLflow model's model.pt."""
+    run_model = Path(record["run_dir"]) / "model" / MODEL_FILE
+    places = {"run": record["run_dir"], "Ray checkpoints": record["ray_run_dir"],
+              "MLflow run artifacts": artifact_place(tracking.run_artifact_location(uri, run_id))}
+    logged = keep_one_copy(uri, record.get("model_uri"), run_model, [ray_model] if ray_model else [])
+    if logged:
+        places["MLflow model"] = logged
+    return places
+
+
+def keep_one_copy(uri: str, model_uri: str | None, model_file: Path, others: list[Path] = ()) -> str | None:
+    """Make `model_file` and `others` hard links to the logged MLflow model's model.pt when that is
+    on this disk and byte-identical (else to `model_file`; see run_dirs.link_identical); where
+    the logged model lives (folder or URI), None without one."""
+    canonical, place = model_file, None
+    if model_uri:
+        location = tracking.logged_model_location(uri, model_uri)
+        place = artifact_place(location)
+        folder = tracking.local_folder(location)
+        found = sorted(folder.rglob(MODEL_FILE)) if folder is not None else []
+        canonical = found[0] if found else model_file
+    link_identical(canonical, [p for p in (model_file, *others) if p != canonical and p.is_file()])
+    return place
+
+
+def artifact_place(location: str) -> str:
+    """An artifact location as the closing line names it: the local folder, else the URI."""
+    folder = tracking.local_folder(location)
+    return str(folder) if folder is not None else location

@@ -10,9 +10,12 @@ the run resumes; default names carry a timestamp, with a suffix if two runs shar
 
 from __future__ import annotations
 
+import filecmp
 import os
+import stat
 import time
 from pathlib import Path
+from typing import Iterable
 
 from logicad.models.base import ConfigError
 
@@ -72,6 +75,39 @@ def disk_usage(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def files_below(path: Path) -> list[Path]:
+    """The regular files at or below `path` (symlinks not followed)."""
+    if path.is_file() and not path.is_symlink():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else []
+
+
+def link_identical(source: Path, copies: Iterable[Path]) -> list[Path]:
+    """Replace each file in `copies` that is byte-identical to `source` and on the same file
+    system by a hard link to it, so the bytes are on disk once; the copies now linked.
+
+    A hard link, not a symlink: whichever tool later deletes one name (Ray pruning checkpoints,
+    `mlflow gc`, a user removing outputs/) leaves the others whole. The linked file is made
+    read-only, so an in-place write to one name cannot silently change the others (logicad
+    itself rewrites model files through a new name). A copy that differs, lives on another
+    file system or cannot be linked stays as it is."""
+    linked = []
+    for copy in copies:
+        tmp = copy.with_name(f".{copy.name}.link-{os.getpid()}")
+        try:
+            if not copy.samefile(source):
+                if copy.stat().st_dev != source.stat().st_dev or not filecmp.cmp(source, copy, shallow=False):
+                    continue
+                os.link(source, tmp)
+                tmp.replace(copy)
+            linked.append(copy)
+        except OSError:  # no hard links on this file system, or the file went away
+            tmp.unlink(missing_ok=True)
+    if linked:
+        source.chmod(source.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return linked
 
 
 def human_bytes(size: float) -> str:

@@ -286,10 +286,12 @@ def _offset(stages: list[Stage], index: int) -> int:
 
 
 def _training_state(stages: list[Stage], index: int, step: int) -> dict[str, Any]:
-    """Where training is and every optimizer's and scheduler's state, per stage."""
+    """Where training is (and how many stages there are) and every optimizer's and scheduler's
+    state, per stage."""
     return {
         "stage": index,
         "step": step,
+        "stages": len(stages),
         "optimizers": [[o.state_dict() for o in s.optimizers] for s in stages],
         "schedulers": [[x.state_dict() if x else None for x in s.schedulers] for s in stages],
     }
@@ -344,14 +346,17 @@ def _restore(method: Method, session: TrainSession) -> dict[str, Any] | None:
     if world()[0] == 0:
         print(f"[{method.name}] resumed from checkpoint at stage {state.get('stage')} step {state.get('step')}",
               flush=True)
-    if state.get("finished"):  # the final checkpoint: nothing left to train
-        state = {**state, "stage": len(state.get("optimizers", []))}
+    if state.get("finished"):  # the final checkpoint (lean, or full before lean ones): nothing left to train
+        state = {**state, "stage": state.get("stages", len(state.get("optimizers", [])))}
     return state
 
 
 def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stages: list[Stage],
                   device: torch.device, health: dict[str, Any]) -> None:
-    """Rank 0 scores the test split and reports the final checkpoint with metrics and plots."""
+    """Rank 0 scores the test split and reports the final checkpoint with metrics and plots.
+
+    The final checkpoint's model file is lean (no optimizer or scheduler state): training is
+    over, so resuming it only re-scores, and this same file is what the driver registers."""
     if world()[0] != 0:
         session.report({"final": True, "step": _offset(stages, len(stages))}, None)
         return
@@ -366,7 +371,8 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
                     "finished": True,
                     **health}
         metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
-        save_model(Path(tmp) / MODEL_FILE, method, {"training": training, "threshold": metrics.get("threshold")})
+        save_model(Path(tmp) / MODEL_FILE, method, {"training": training, "threshold": metrics.get("threshold"),
+                                                    "threshold_fpr": metrics.get("threshold_fpr")}, lean=True)
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         final = {"final": True, "step": _offset(stages, len(stages)), **numbers}

@@ -218,7 +218,8 @@ def _evaluate_and_save(job: FusionJob, fusion: Fusion, members: list[tuple[str, 
     test = load_split(job.dataset, job.data_root, job.category, "test", fusion.config.image_size)
     parts, kinds = cache_parts(fusion, test, device)
     per_member = {ref: aurocs for (ref, _), aurocs in zip(members, member_aurocs(fusion, parts, kinds))}
-    save_model(model_dir / MODEL_FILE, fusion.cpu(), {"threshold": metrics.get("threshold")})
+    save_model(model_dir / MODEL_FILE, fusion.cpu(), {"threshold": metrics.get("threshold"),
+                                                      "threshold_fpr": metrics.get("threshold_fpr")}, lean=True)
     record = {"method": "fusion", "dataset": job.dataset, "category": job.category, **metrics,
               "members": per_member, "objective": objective, "best_objective": best_value, "best_params": params,
               "trials": trials, "seconds": round(seconds, 2), "run_dir": str(out)}
@@ -238,7 +239,7 @@ def _track(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], na
     import mlflow
 
     from ..registry.pyfunc import log_and_register
-    from ..train.driver import data_identity
+    from ..train.driver import data_identity, keep_one_copy
 
     uri = job.tracking_uri
     c = fusion.config
@@ -259,5 +260,6 @@ def _track(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], na
                         "members": params["members"], "objective": objective}
         out.update(model_uri=log_and_register(run_id, model_dir / MODEL_FILE, registered, version_tags),
                    registered_model=registered)
+        keep_one_copy(uri, out["model_uri"], model_dir / MODEL_FILE)  # outputs' model.pt: a link to the logged one
     tracking.end_run(uri, run_id)
     return out

@@ -181,12 +181,14 @@ def register_setting(method: Method, params: dict[str, Any], ref: str, uri: str,
     from ..evaluate.scoring import evaluate_to_dir
     from ..registry.pyfunc import log_and_register
     from ..train.checkpoints import MODEL_FILE, save_model
-    from ..train.driver import data_identity
+    from ..train.driver import data_identity, keep_one_copy
 
     method.config = method.config.replace(**params)
     model_dir = out / "model"
     metrics = evaluate_to_dir(method.to(device), dataset, data, category, model_dir, device)
-    save_model(model_dir / MODEL_FILE, method.cpu(), {"threshold": metrics.get("threshold"), "from_model": ref})
+    save_model(model_dir / MODEL_FILE, method.cpu(), {"threshold": metrics.get("threshold"),
+                                                      "threshold_fpr": metrics.get("threshold_fpr"),
+                                                      "from_model": ref}, lean=True)
     run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, f"{out.name}-registered",
                                 {"from_model": ref, **{f"setting.{k}": v for k, v in params.items()}},
                                 {"logicad.sweep_kind": "score-only", "logicad.from_model": ref})
@@ -195,6 +197,7 @@ def register_setting(method: Method, params: dict[str, Any], ref: str, uri: str,
     tags = {**data_identity(dataset, data, category), "threshold": metrics.get("threshold"), "from_model": ref,
             "score_only_settings": str(params)}
     model_uri = log_and_register(run_id, model_dir / MODEL_FILE, tracking.registered_name(method.name, category), tags)
+    keep_one_copy(uri, model_uri, model_dir / MODEL_FILE)  # outputs' model.pt: a hard link to the logged one
     tracking.end_run(uri, run_id)
     (out / "metrics.json").write_text(json.dumps({"method": method.name, "dataset": dataset, "category": category,
                                                   **metrics, "model_uri": model_uri, "from_model": ref,

@@ -19,10 +19,11 @@ from typing import Any
 import yaml
 
 from ..registry import tracking
-from ..train.checkpoints import MODEL_FILE, load_model, update_model_file
+from ..train.checkpoints import MODEL_FILE, load_model, save_lean_copy
 from ..config import flatten
 from .search_space import SearchSpace, to_tune
-from ..train.driver import TrainJob, storage_run_names, check_inputs, data_identity, ensure_ray, worker_spec
+from ..train.driver import (TrainJob, artifact_place, storage_run_names, check_inputs, data_identity, ensure_ray,
+                            worker_spec)
 from ..train.run_dirs import existing_names, latest_with_prefix, point_latest, refuse_reuse, timestamped
 from ..train.resources import GpuDecision, cluster_gpu_view, decide_gpus
 from .trial_runs import MlflowTrialRuns
@@ -150,6 +151,7 @@ def run_tune(tj: TuneJob, name: str | None = None) -> dict[str, Any]:
               "--keep-trial-checkpoints keeps them)", flush=True)
     storage = job.storage_path if tj.storage_filesystem else str(Path(job.storage_path).absolute())
     record["ray_run_dir"] = f"{storage.rstrip('/')}/{name}"
+    record["written"] = {**record["written"], "Ray trials": record["ray_run_dir"]}
     return record
 
 
@@ -224,7 +226,9 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
         best.checkpoint.to_directory(tmp)
         method = load_model(Path(tmp) / MODEL_FILE)
         metrics = evaluate_to_dir(method, job.dataset, job.data_root, job.category, Path(tmp), torch.device("cpu"))
-        update_model_file(Path(tmp) / MODEL_FILE, threshold=metrics["threshold"])
+        # the registered file is lean (no optimizer state); the kept Ray checkpoint is the resume copy
+        save_lean_copy(Path(tmp) / MODEL_FILE, Path(tmp) / MODEL_FILE, threshold=metrics["threshold"],
+                       threshold_fpr=metrics.get("threshold_fpr"))
         record = {"method": job.method, "dataset": job.dataset, "category": job.category, **metrics,
                   "objective": tj.space.objective, "best_objective": best.metrics.get(tj.space.metric),
                   "best_params": best.config["params"], "sweep": name, "selection": SELECTION}
@@ -238,6 +242,10 @@ def _finish(tj: TuneJob, uri: str, parent: str, best, name: str) -> dict[str, An
                     "selection": SELECTION, "sweep": name}
             record["model_uri"] = log_and_register(child or parent, Path(tmp) / MODEL_FILE,
                                                    tracking.registered_name(job.method, job.category), tags)
+        record["written"] = {"sweep": str(out), "MLflow run artifacts": artifact_place(
+            tracking.run_artifact_location(uri, child or parent))}
+        if record.get("model_uri"):
+            record["written"]["MLflow model"] = artifact_place(tracking.logged_model_location(uri, record["model_uri"]))
     tracking.log_results(uri, parent, {"best_objective": record["best_objective"]}, None)
     _client_log_artifact(uri, parent, out / "best_config.yaml")
     record.update(sweep_dir=str(out), mlflow_run_id=parent)
