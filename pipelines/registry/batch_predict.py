@@ -111,13 +111,20 @@ class ShardScorer:
         return {"shard": np.asarray(batch["shard"]), "result": np.asarray(results, dtype=object)}
 
     def score_shard(self, shard: int, items: list[str]) -> dict[str, Any]:
-        """{shard, rows, skipped, unreadable, fatal, overlays: [(name, png bytes)]} of one shard."""
-        decoded, unreadable, fatal = self._decode(items)
-        if fatal:
-            return {"shard": shard, "fatal": fatal}
-        scored = self._score([image for _, image in decoded])
-        rows = [(item, f"{score:.6f}", self._verdict(score)) for (item, _), (_, score) in zip(decoded, scored, strict=True)]
-        pictures = self._overlays(decoded, scored) if self.overlays and decoded else []
+        """{shard, rows, unreadable, overlays: [(name, png bytes)], fatal} of one shard. Images are
+        read and scored a batch at a time, so an actor holds one batch of decoded images, not a
+        shard's; overlays read their image again once the shard's colour scale is known."""
+        rows, unreadable, kept = [], [], []
+        for start in range(0, len(items), self.batch_size):
+            decoded, bad, fatal = self._decode(items[start:start + self.batch_size])
+            if fatal:
+                return {"shard": shard, "fatal": fatal}
+            unreadable += bad
+            scored = self._score([image for _, image in decoded])
+            rows += [(item, f"{score:.6f}", self._verdict(score))
+                     for (item, _), (_, score) in zip(decoded, scored, strict=True)]
+            kept += [(item, amap, score) for (item, _), (amap, score) in zip(decoded, scored, strict=True)]
+        pictures = self._overlays(kept) if self.overlays and kept else []
         return {"shard": shard, "rows": rows, "unreadable": unreadable, "overlays": pictures, "fatal": None}
 
     def _decode(self, items: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]], str | None]:
@@ -160,7 +167,7 @@ class ShardScorer:
 
         return verdict(score, self.threshold)
 
-    def _overlays(self, decoded: list[tuple[str, np.ndarray]], scored: list[tuple[np.ndarray, float]]):
+    def _overlays(self, kept: list[tuple[str, np.ndarray, float]]) -> list[tuple[str, bytes]]:
         """Overlay PNGs named as `predict` names them; the colour scale is the shard's map range
         (shards are scored apart, so a run-wide range is not known while streaming)."""
         import cv2
@@ -168,14 +175,17 @@ class ShardScorer:
         from ..export.predictions import overlay, overlay_name
         from .batch_shards import relative_name
 
-        low = min(float(amap.min()) for amap, _ in scored)
-        high = max(float(amap.max()) for amap, _ in scored)
-        pictures = []
-        for (item, rgb), (amap, score) in zip(decoded, scored, strict=True):
+        low = min(float(amap.min()) for _, amap, _ in kept)
+        high = max(float(amap.max()) for _, amap, _ in kept)
+
+        def one(entry: tuple[str, np.ndarray, float]) -> tuple[str, bytes]:
+            item, amap, score = entry
             name = overlay_name(Path(relative_name(item, self.images)), Path("."))
-            _, png = cv2.imencode(".png", overlay(rgb, amap, low, high, self._caption(score))[..., ::-1])
-            pictures.append((name.as_posix(), png.tobytes()))
-        return pictures
+            _, png = cv2.imencode(".png", overlay(self.read(item), amap, low, high, self._caption(score))[..., ::-1])
+            return name.as_posix(), png.tobytes()
+
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            return list(pool.map(one, kept))
 
     def _caption(self, score: float) -> str:
         """The caption `predict` writes on an overlay: score and verdict at the threshold."""
