@@ -215,3 +215,38 @@ def test_model_scores_where_logicad_is_not_installed_and_its_requirements_cover_
     assert Path(report["logicad"]).is_relative_to(local / "code")
     assert report["unlisted"] == [], "imported while scoring but not covered by requirements.txt"
     assert report["score"] == pytest.approx(float(predicted[str(images[0])]["score"]), rel=1e-5, abs=2e-6)
+
+
+def _threshold_command(argv: list[str]) -> int:
+    import argparse
+
+    from logicad.pipelines.registry.rethreshold import add_threshold
+
+    parser = argparse.ArgumentParser()
+    add_threshold(parser.add_subparsers())
+    args = parser.parse_args(["threshold", *argv])
+    return args.func(args)
+
+
+def test_threshold_command_refits_on_a_labelled_folder_and_registers_a_new_version(
+        registered, small_loco, category, tmp_path, capsys):
+    import shutil
+
+    labelled = tmp_path / "labelled"
+    shutil.copytree(small_loco / category / "test" / "good", labelled / "good")
+    shutil.copytree(small_loco / category / "test" / "logical_anomalies", labelled / "missing_part")
+    argv = ["--model", registered["model_uri"], "--fpr", "0.01", "--labelled", str(labelled), "--out",
+            str(tmp_path / "new"), "--register", "--tracking-uri", registered["uri"], "--cpu"]
+    assert _threshold_command(argv) == 0
+    report = json.loads((tmp_path / "new" / "threshold.json").read_text())
+    payload = read_model_file(tmp_path / "new" / "model.pt")
+    good = sorted((labelled / "good").glob("*.png"))
+    assert report["threshold_n_normals"] == len(good) and report["fp"] == 0  # 1 % of 3 normals: none above
+    assert payload["threshold"] == report["threshold"] and payload["threshold_fpr"] == 0.01
+    assert report["previous_threshold"] == pytest.approx(registered["threshold"])
+    assert report["tp"] + report["fn"] == len(list((labelled / "missing_part").glob("*.png")))
+    assert "registered as models:/logicad-patchcore-serving/2" in capsys.readouterr().out
+    tags = mlflow.tracking.MlflowClient(registered["uri"]).get_model_version(NAME, "2").tags
+    assert float(tags["threshold"]) == report["threshold"] and tags["threshold_from"] == f"models:/{NAME}/1"
+    with pytest.raises(ValueError, match="already holds a model"):
+        _threshold_command(argv)

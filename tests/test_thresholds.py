@@ -145,3 +145,22 @@ def test_pyfunc_without_a_recorded_threshold_says_so_instead_of_deciding(method,
     model = _pyfunc(method, tmp_path, "undecided", {})
     out = model.predict(pd.DataFrame({"image": [serving.encode_image(test_images[0])]}))
     assert out["anomalous"].isna().all() and out["threshold"].isna().all() and out["score"].notna().all()
+
+
+def test_rethreshold_on_the_validation_split_writes_a_new_model_and_never_overwrites(method, small_loco, category,
+                                                                                    tmp_path):
+    from logicad.pipelines.evaluate.scoring import validation_threshold
+    from logicad.pipelines.evaluate.thresholds import ThresholdError
+    from logicad.pipelines.registry.rethreshold import choose, write_model
+    from logicad.pipelines.train.checkpoints import read_model_file
+
+    payload = read_model_file(save_model(tmp_path / "old" / "model.pt", method, {"threshold": 7.0}))
+    report = choose(payload, 0.5, torch.device("cpu"), split=("mvtec_loco", str(small_loco), category))
+    expected = validation_threshold(method, "mvtec_loco", small_loco, category, torch.device("cpu"), fpr=0.5)
+    assert report["threshold"] == pytest.approx(expected.value) and report["threshold_n_normals"] == 3
+    assert report["threshold_validation_fpr"] == pytest.approx(1 / 3) and report["previous_threshold"] == 7.0
+    written = read_model_file(write_model(payload, report, tmp_path / "new"))
+    assert written["threshold"] == report["threshold"] and written["threshold_fpr"] == 0.5
+    with pytest.raises(ThresholdError, match="already holds a model"):
+        write_model(payload, report, tmp_path / "new")
+    assert read_model_file(tmp_path / "old" / "model.pt")["threshold"] == 7.0
