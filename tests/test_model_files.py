@@ -14,8 +14,8 @@ from logicad.models.base import build_method
 from logicad.pipelines.config import resolve_config
 from logicad.pipelines.train.checkpoints import (has_resume_state, lean_payload, method_from_payload,
                                                  read_model_file, save_lean_copy, save_model)
-from logicad.pipelines.train.driver import TrainJob, disk_summary, measure_places, run_train
-from logicad.pipelines.train.run_dirs import files_below, human_bytes, link_identical
+from logicad.pipelines.train.driver import TrainJob, disk_summary, run_train
+from logicad.pipelines.train.run_dirs import files_below, human_bytes, link_identical, measure_places
 
 TINY = ["image_size=64", "batch_size=2", "max_steps=3", "precision=32"]
 

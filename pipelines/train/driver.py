@@ -17,7 +17,7 @@ from logicad.models.base import ConfigError, MethodConfig, method_class
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .run_dirs import (existing_names, files_below, human_bytes, latest_with_prefix, link_identical, point_latest,
+from .run_dirs import (existing_names, human_bytes, latest_with_prefix, link_identical, measure_places, point_latest,
                        refuse_reuse, timestamped)
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
@@ -158,67 +158,6 @@ def _run_name(job: TrainJob) -> str:
         if previous:
             return previous
     return timestamped(prefix, taken)
-
-
-@dataclass
-class Place:
-    """One place a run wrote to: its own bytes (None: not measurable from here) and the bytes of
-    hard links to files already counted at an earlier place."""
-
-    what: str
-    where: str
-    own: int | None
-    linked: int = 0
-
-    def text(self) -> str:
-        size = "size unknown" if self.own is None else human_bytes(self.own)
-        return f"{self.what} {self.where} ({size}" + (f" + {human_bytes(self.linked)} linked" if self.linked else
-                                                      "") + ")"
-
-
-def _local_bytes(path: Path, seen: set[tuple[int, int]]) -> tuple[int, int]:
-    """(bytes of files not in `seen`, bytes of those already seen); adds to `seen`."""
-    own = linked = 0
-    for file in files_below(path):
-        info = file.stat()
-        key = (info.st_dev, info.st_ino)
-        if key in seen:
-            linked += info.st_size
-        else:
-            seen.add(key)
-            own += info.st_size
-    return own, linked
-
-
-def _filesystem_bytes(filesystem, path: str) -> int:
-    from pyarrow import fs
-
-    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sum(info.size or 0 for info in infos if info.type == fs.FileType.File)
-
-
-def measure_places(paths: dict[str, str | None], filesystem=None, tracking_uri: str | None = None) -> list[Place]:
-    """Size every place: a local path on disk (a hard-linked file counts once, at the first place
-    that holds it), an MLflow artifact URI through MLflow, any other path on `filesystem` (the
-    Ray storage's S3 bucket). Places given as None are left out."""
-    seen: set[tuple[int, int]] = set()
-    places = []
-    for what, where in paths.items():
-        if not where:
-            continue
-        own: int | None
-        linked = 0
-        try:
-            if Path(where).exists():
-                own, linked = _local_bytes(Path(where), seen)
-            elif ":/" in where:
-                own = tracking.artifact_bytes(tracking_uri or tracking.default_tracking_uri(), where)
-            else:
-                own = _filesystem_bytes(filesystem, where) if filesystem is not None else None
-        except Exception:  # a store that cannot be listed from here: named without a size
-            own = None
-        places.append(Place(what, where, own, linked))
-    return places
 
 
 def disk_summary(paths: dict[str, str | None], filesystem=None, tracking_uri: str | None = None) -> str:

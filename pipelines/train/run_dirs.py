@@ -14,6 +14,7 @@ import filecmp
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -70,13 +71,6 @@ def point_latest(root: Path, target: Path) -> None:
             link.unlink()
 
 
-def disk_usage(path: Path) -> int:
-    """Bytes of the files below `path` (symlinks not followed)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
 def files_below(path: Path) -> list[Path]:
     """The regular files at or below `path` (symlinks not followed)."""
     if path.is_file() and not path.is_symlink():
@@ -108,6 +102,69 @@ def link_identical(source: Path, copies: Iterable[Path]) -> list[Path]:
     if linked:
         source.chmod(source.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return linked
+
+
+@dataclass
+class Place:
+    """One place a run wrote to: its own bytes (None: not measurable from here) and the bytes of
+    hard links to files already counted at an earlier place."""
+
+    what: str
+    where: str
+    own: int | None
+    linked: int = 0
+
+    def text(self) -> str:
+        size = "size unknown" if self.own is None else human_bytes(self.own)
+        return f"{self.what} {self.where} ({size}" + (f" + {human_bytes(self.linked)} linked" if self.linked else
+                                                      "") + ")"
+
+
+def _local_bytes(path: Path, seen: set[tuple[int, int]]) -> tuple[int, int]:
+    """(bytes of files not in `seen`, bytes of those already seen); adds to `seen`."""
+    own = linked = 0
+    for file in files_below(path):
+        info = file.stat()
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            linked += info.st_size
+        else:
+            seen.add(key)
+            own += info.st_size
+    return own, linked
+
+
+def _filesystem_bytes(filesystem, path: str) -> int:
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sum(info.size or 0 for info in infos if info.type == fs.FileType.File)
+
+
+def measure_places(paths: dict[str, str | None], filesystem=None, tracking_uri: str | None = None) -> list[Place]:
+    """Size every place: a local path on disk (a hard-linked file counts once, at the first place
+    that holds it), an MLflow artifact URI through MLflow, any other path on `filesystem` (the
+    Ray storage's S3 bucket). Places given as None are left out."""
+    seen: set[tuple[int, int]] = set()
+    places = []
+    for what, where in paths.items():
+        if not where:
+            continue
+        own: int | None
+        linked = 0
+        try:
+            if Path(where).exists():
+                own, linked = _local_bytes(Path(where), seen)
+            elif ":/" in where:
+                from ..registry import tracking
+
+                own = tracking.artifact_bytes(tracking_uri or tracking.default_tracking_uri(), where)
+            else:
+                own = _filesystem_bytes(filesystem, where) if filesystem is not None else None
+        except Exception:  # a store that cannot be listed from here: named without a size
+            own = None
+        places.append(Place(what, where, own, linked))
+    return places
 
 
 def human_bytes(size: float) -> str:

@@ -285,7 +285,7 @@ def _offset(stages: list[Stage], index: int) -> int:
     return sum(s.steps for s in stages[:index])
 
 
-def _training_state(stages: list[Stage], index: int, step: int) -> dict[str, Any]:
+def training_state(stages: list[Stage], index: int, step: int) -> dict[str, Any]:
     """Where training is (and how many stages there are) and every optimizer's and scheduler's
     state, per stage."""
     return {
@@ -316,7 +316,7 @@ def _report_checkpoint(session: TrainSession, method: Method, stages: list[Stage
         session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(Path(tmp) / MODEL_FILE, method, {"training": _training_state(stages, index, step)})
+        save_model(Path(tmp) / MODEL_FILE, method, {"training": training_state(stages, index, step)})
         session.report(metrics, Path(tmp))
 
 
@@ -367,7 +367,7 @@ def _report_final(spec: WorkerSpec, session: TrainSession, method: Method, stage
 
             metrics = evaluate_to_dir(method, spec.dataset, spec.data_root, spec.category, Path(tmp), device,
                                       **spec.eval_options)
-        training = {**_training_state(stages, max(len(stages) - 1, 0), stages[-1].steps if stages else 0),
+        training = {**training_state(stages, max(len(stages) - 1, 0), stages[-1].steps if stages else 0),
                     "finished": True,
                     **health}
         metrics.update({k: v for k, v in health.items() if k != "resumed_from"})
