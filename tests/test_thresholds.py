@@ -12,8 +12,7 @@ from torch.utils.data import DataLoader
 from logicad.data import load_split
 from logicad.models.base import build_method
 from logicad.pipelines.evaluate.scoring import evaluate_method, score_batches
-from logicad.pipelines.evaluate.thresholds import (DEFAULT_FPR, ThresholdError, confusion, fpr_threshold,
-                                                   is_anomalous)
+from logicad.pipelines.evaluate.thresholds import DEFAULT_FPR, ThresholdError, confusion, fpr_threshold, is_anomalous
 from logicad.pipelines.registry import serving
 from logicad.pipelines.registry.pyfunc import save_local
 from logicad.pipelines.train.checkpoints import save_model
@@ -107,9 +106,10 @@ def test_evaluate_fits_the_threshold_on_validation_and_reports_the_test_confusio
 
 
 def test_evaluate_uses_a_recorded_threshold_as_given(method, small_loco, category):
-    metrics, details = evaluate_method(method, "mvtec_loco", small_loco, category, torch.device("cpu"),
-                                       threshold=-1.0, threshold_fpr=0.05)
-    assert metrics["threshold"] == -1.0 and metrics["threshold_fpr"] == 0.05 and metrics["threshold_source"] == "recorded"
+    metrics, _ = evaluate_method(method, "mvtec_loco", small_loco, category, torch.device("cpu"),
+                                 threshold=-1.0, threshold_fpr=0.05)
+    assert metrics["threshold"] == -1.0 and metrics["threshold_fpr"] == 0.05
+    assert metrics["threshold_source"] == "recorded"
     assert metrics["fn"] == 0 and metrics["tn"] == 0 and metrics["test_fpr"] == 1.0
 
 
@@ -164,3 +164,13 @@ def test_rethreshold_on_the_validation_split_writes_a_new_model_and_never_overwr
     with pytest.raises(ThresholdError, match="already holds a model"):
         write_model(payload, report, tmp_path / "new")
     assert read_model_file(tmp_path / "old" / "model.pt")["threshold"] == 7.0
+
+
+def test_decision_line_summarises_the_confusion_and_is_empty_without_a_threshold():
+    from logicad.pipelines.evaluate.thresholds import decision_line
+
+    metrics = {"threshold": 0.5, "threshold_fpr": 0.01, "threshold_n_normals": 20,
+               **confusion([0.1, 0.6, 0.7, 0.2], ["good", "good", "logical", "structural"], 0.5)}
+    assert decision_line(metrics) == ("decision at threshold 0.5 (FPR 0.01 on 20 validation normals): test FPR 0.500 "
+                                      "(1 of 2 good), TPR 0.500 (1 of 2; logical 1.000, structural 0.000)")
+    assert decision_line({"threshold": None}) == ""

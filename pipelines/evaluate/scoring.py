@@ -1,4 +1,5 @@
-"""Scoring a trained method on a test split: LOCO metrics at original size, timing, plots."""
+"""Scoring a trained method on a test split: LOCO metrics at original size, timing, plots, and the
+pass/fail decision (its threshold and the confusion counts at it, `thresholds.py`)."""
 
 from __future__ import annotations
 

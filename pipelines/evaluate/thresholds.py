@@ -11,8 +11,9 @@ normal is called anomalous.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +93,23 @@ def confusion(scores: Sequence[float], kinds: Sequence[str], threshold: float) -
         out[f"test_fpr{suffix}"] = _rate(counts["fp"], counts["fp"] + counts["tn"])
         out[f"test_tpr{suffix}"] = _rate(counts["tp"], counts["tp"] + counts["fn"])
     return out
+
+
+def decision_line(metrics: dict[str, Any]) -> str:
+    """One line on the decision for a run's summary, e.g. 'decision at threshold 0.512 (FPR 0.01
+    on 20 validation normals): test FPR 0.050 (1 of 20 good), TPR 0.800 (48 of 60; logical 0.700,
+    structural 0.900)'; '' when the metrics have no threshold."""
+    if metrics.get("threshold") is None:
+        return ""
+
+    def rate(key: str) -> str:
+        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.3f}"
+
+    fitted = (f"FPR {metrics['threshold_fpr']} on {metrics['threshold_n_normals']} validation normals"
+              if metrics.get("threshold_n_normals") else f"recorded with the model, FPR {metrics.get('threshold_fpr')}")
+    line = f"decision at threshold {metrics['threshold']:.4g} ({fitted})"
+    if "tp" not in metrics:
+        return line
+    good, bad = metrics["fp"] + metrics["tn"], metrics["tp"] + metrics["fn"]
+    return (f"{line}: test FPR {rate('test_fpr')} ({metrics['fp']} of {good} good), TPR {rate('test_tpr')} "
+            f"({metrics['tp']} of {bad}; logical {rate('test_tpr_logical')}, structural {rate('test_tpr_structural')})")

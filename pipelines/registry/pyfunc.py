@@ -77,9 +77,9 @@ class LogicadModel(mlflow.pyfunc.PythonModel):
 def _model_arguments(model_file: Path, code_dir: Path) -> dict[str, Any]:
     """What `log_model` / `save_model` get: the code file, the model file, a copy of logicad's
     code (bundled under `code_dir`), the signature, an input example and the requirements."""
-    return dict(python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(model_file)},
-                code_paths=[str(serving.bundle_code(code_dir))], signature=serving.model_signature(),
-                input_example=serving.input_example(), pip_requirements=serving.pip_requirements())
+    return {"python_model": str(MODEL_CODE), "artifacts": {MODEL_ARTIFACT: str(model_file)},
+            "code_paths": [str(serving.bundle_code(code_dir))], "signature": serving.model_signature(),
+            "input_example": serving.input_example(), "pip_requirements": serving.pip_requirements()}
 
 
 def save_local(model_file: Path, path: Path) -> Path:

@@ -34,7 +34,8 @@ REPORT_FILE = "threshold.json"
 def labelled_scores(method, folder: Path, device: torch.device, batch_size: int = 16) -> tuple[list[float], list[str]]:
     """Scores of every image below `folder`, with kind `good` (below folder/good/) or `anomalous`."""
     if not (Path(folder) / "good").is_dir():
-        raise DatasetError(f"{folder}: no good/ folder; expected FOLDER/good/ (normal images) beside the anomalous ones")
+        raise DatasetError(f"{folder}: no good/ folder; expected FOLDER/good/ (normal images) beside the "
+                           "anomalous ones")
     paths = images_below(Path(folder))
     kinds = ["good" if p.relative_to(folder).parts[0] == "good" else "anomalous" for p in paths]
     # the dataset's kinds are good/logical/structural: which anomalous kind is unknown, and unused here
@@ -92,7 +93,8 @@ def register_new_version(model: str, model_file: Path, report: dict[str, Any], t
     version = registered_version(model, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     tags = {**version.tags, "threshold": report["threshold"], "threshold_fpr": report["threshold_fpr"],
-            "threshold_source": report["threshold_source"], "threshold_from": f"models:/{version.name}/{version.version}"}
+            "threshold_source": report["threshold_source"],
+            "threshold_from": f"models:/{version.name}/{version.version}"}
     return log_and_register(version.run_id, model_file, version.name, tags)
 
 

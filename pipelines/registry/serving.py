@@ -19,8 +19,9 @@ import binascii
 import importlib.metadata
 import io
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -153,5 +154,5 @@ def bundle_code(dest: Path) -> Path:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in CODE_FOLDERS:
         module = __import__(f"logicad.{name}", fromlist=["__path__"])
-        shutil.copytree(Path(list(module.__path__)[0]), target / name, ignore=skip)
+        shutil.copytree(Path(next(iter(module.__path__))), target / name, ignore=skip)
     return target
