@@ -174,3 +174,14 @@ def test_decision_line_summarises_the_confusion_and_is_empty_without_a_threshold
     assert decision_line(metrics) == ("decision at threshold 0.5 (FPR 0.01 on 20 validation normals): test FPR 0.500 "
                                       "(1 of 2 good), TPR 0.500 (1 of 2; logical 1.000, structural 0.000)")
     assert decision_line({"threshold": None}) == ""
+
+
+def test_the_threshold_command_parser_builds_without_importing_torch_or_mlflow():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from logicad.pipelines.registry.rethreshold import add_threshold; "
+            "add_threshold(argparse.ArgumentParser().add_subparsers()); "
+            "heavy = [m for m in ('torch', 'ray', 'mlflow') if m in sys.modules]; assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-1000:]

@@ -16,23 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from logicad.data import AnomalyDataset, Sample
-from logicad.data.errors import DatasetError
-from logicad.data.layouts import images_below
-
-from ..evaluate.scoring import score_batches
+# light at import: the CLI builds its parser (add_threshold) without loading torch
 from ..evaluate.thresholds import DEFAULT_FPR, ThresholdError, check_fpr, confusion, fpr_threshold
-from ..train.checkpoints import MODEL_FILE, method_from_payload
 
+if TYPE_CHECKING:
+    import torch
+
+MODEL_FILE = "model.pt"  # train.checkpoints.MODEL_FILE, named here to keep this module free of torch
 REPORT_FILE = "threshold.json"
 
 
 def labelled_scores(method, folder: Path, device: torch.device, batch_size: int = 16) -> tuple[list[float], list[str]]:
     """Scores of every image below `folder`, with kind `good` (below folder/good/) or `anomalous`."""
+    from logicad.data import AnomalyDataset, Sample
+    from logicad.data.errors import DatasetError
+    from logicad.data.layouts import images_below
+
+    from ..evaluate.scoring import score_batches
+
     if not (Path(folder) / "good").is_dir():
         raise DatasetError(f"{folder}: no good/ folder; expected FOLDER/good/ (normal images) beside the "
                            "anomalous ones")
@@ -50,6 +53,9 @@ def choose(payload: dict[str, Any], fpr: float, device: torch.device, labelled: 
     """The report of a new threshold for `payload`'s model: on `labelled`'s good/ images, else on
     the validation split `split` = (dataset, root, category)."""
     from logicad.data import load_split
+
+    from ..evaluate.scoring import score_batches
+    from ..train.checkpoints import method_from_payload
 
     method = method_from_payload(payload).to(device)
     if labelled is not None:
@@ -72,6 +78,8 @@ def write_model(payload: dict[str, Any], report: dict[str, Any], out: Path) -> P
     out = Path(out)
     if (out / MODEL_FILE).exists() or (out / REPORT_FILE).exists():
         raise ThresholdError(f"{out}: already holds a model or a threshold report; expected a new folder")
+    import torch
+
     out.mkdir(parents=True, exist_ok=True)
     fields = {"threshold": report["threshold"], "threshold_fpr": report["threshold_fpr"],
               "threshold_source": report["threshold_source"]}
@@ -101,6 +109,7 @@ def register_new_version(model: str, model_file: Path, report: dict[str, Any], t
 def cmd_threshold(args: argparse.Namespace) -> int:
     """The `logicad threshold` command (see the module's note)."""
     import mlflow
+    import torch
 
     from ..data_source import resolve_data
     from .pyfunc import load_payload_any, recorded_category
