@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: tiny members of every method (random backbones: the export is under test, not quality)
 TINY = {
-    "dfsc": {"image_size": 64, "out_channels": 16, "batch_size": 2, "precision": "32"},
+    "dfsc": {"image_size": 64, "out_channels": 16, "batch_size": 2, "precision": "bf16"},  # the preset's
     "fod": {"image_size": 32, "strides": (16,), "d_model": (16,), "heads": 2, "layers": 1, "batch_size": 2,
             "backbone": "resnet18", "backbone_weights": "random"},
     "glcf": {"sb_dim": 32, "sb_heads": 2, "sb_depth": 1, "decoder_dim": 32, "decoder_heads": 2, "decoder_depth": 1,
@@ -97,6 +97,8 @@ def test_every_method_exports_with_parity_on_every_validation_and_test_image(nam
     assert contract["input"]["shape"] == ["N", size, size, 3] and contract["input"]["dtype"] == "uint8"
     assert [o["name"] for o in contract["outputs"]] == ["map", "score"]
     assert contract["preprocessing"]["outside_graph"]["resize"]["function"] == "logicad.data.dataset.resize_image"
+    # bf16 autocast (DFSC's preset, also inside the fusion) is exported and checked in float32, and said so
+    assert contract["precision"]["model"] == ("bf16" if name in ("dfsc", "fusion") else "32")
 
 
 def test_a_reloaded_onnx_file_scores_like_torch_in_a_fresh_session(exported, small_loco, category, tmp_path):

@@ -9,6 +9,11 @@ translation of our own: the fusion's antialiased bilinear downsizing (`aten::_up
 which the tracer's opset 18 table lacks) is ONNX `Resize` with `antialias=1` and
 `exclude_outside=1`, which onnxruntime computes as torch does.
 
+Precision: the graph computes in float32. A model whose config scores under bf16 autocast
+(DFSC's `cpu-synthetic` preset) would otherwise trace bf16 casts that onnxruntime's CPU kernels
+cannot run; such a model is exported, and its parity checked, with `precision` "32", and
+contract.json records the model's own precision.
+
 The folder is built as `<out>.tmp-<pid>` and renamed to `<out>` only after parity passed, so a
 failure leaves nothing behind.
 """
@@ -77,6 +82,18 @@ def export_onnx(method: Method, path: Path, opset: int = OPSET) -> None:
         raise ExportError(f"{method.name}: cannot export to ONNX ({_first_line(exc)})") from None
 
 
+def float32_scoring(method: Method) -> str | None:
+    """Switch `method` and any member methods (a fusion's) to float32 scoring (see the module
+    doc); the precision they had when any was not "32" (e.g. "bf16")."""
+    changed = []
+    for part in method.modules():
+        precision = str(getattr(getattr(part, "config", None), "precision", "32"))
+        if isinstance(part, Method) and precision != "32":
+            part.config = part.config.replace(precision="32")
+            changed.append(precision)
+    return ",".join(sorted(set(changed))) or None
+
+
 def default_out(method: str, category: str | None) -> Path:
     """`outputs/export/<method>-<category>-<UTC time>` (suffixed -2, -3, ... if taken)."""
     base = Path("outputs/export") / f"{method}-{category or 'data'}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -97,7 +114,8 @@ def export_model(method: Method, payload: dict[str, Any], source: str, category:
                  splits: dict[str, AnomalyDataset], opset: int = OPSET, batch_size: int = 8,
                  tolerance: float = TOLERANCE) -> dict[str, Any]:
     """model.onnx, contract.json and parity.json in `out` (built aside, renamed at the end);
-    the parity report. Parity failing raises ExportError and leaves nothing."""
+    the parity report. Parity failing raises ExportError and leaves nothing. `method` is switched to
+    float32 scoring (`float32_scoring`)."""
     check_out(out)
     if not any(len(data) for data in splits.values()):
         raise ExportError(f"{method.name}: no validation or test images to check parity on")
@@ -105,9 +123,12 @@ def export_model(method: Method, payload: dict[str, Any], source: str, category:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        model_precision = float32_scoring(method)
         export_onnx(method, tmp / MODEL_FILE, opset)
         contract = build_contract(method.name, method.config.image_size, category, source, opset, EXPORTER,
                                   payload, IMAGENET_MEAN, IMAGENET_STD)
+        contract["precision"] = {"graph": "float32", "model": model_precision or "32",
+                                 "parity_against": "the torch model scoring in float32"}
         (tmp / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
         report = check_parity(method, OnnxScorer(tmp), splits, batch_size, tolerance)
         if not report["pass"]:
