@@ -123,12 +123,13 @@ def measure(method: Method, folder: Path, threads: int, repeats: int, compiled: 
 def one(name: str, args: argparse.Namespace, data: Path, category: str, tmp: Path) -> dict[str, Any]:
     start = time.perf_counter()
     method = fitted(name, args.size, data, category, args.n_train)
+    precisions = sorted({str(getattr(m.config, "precision", "32")) for m in method.modules() if isinstance(m, Method)})
     splits = {split: load_split("mvtec_loco", data, category, split, method.config.image_size)
               for split in ("validation", "test")}
     export_start = time.perf_counter()
     report = export_model(method, {}, f"benchmark:{name}", category, tmp / name, splits)
     print(f"{name}: {summary(report)}", flush=True)
-    return {"image_size": method.config.image_size, "precision": getattr(method.config, "precision", None),
+    return {"image_size": method.config.image_size, "model_precision": ",".join(precisions),
             "export_and_parity_s": time.perf_counter() - export_start, "parity": report,
             "onnx_mb": (tmp / name / "model.onnx").stat().st_size / 2**20,
             "speed": measure(method, tmp / name, args.threads, args.repeats, not args.no_compiled),

@@ -89,6 +89,7 @@ def test_every_method_exports_with_parity_on_every_validation_and_test_image(nam
     assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONTRACT_FILE, PARITY_FILE])
     assert not list(out.parent.glob(f"{name}.tmp-*"))
     assert report["pass"] and report["n_images"] == 12 and report["outputs"]["score"]["ranking_equal"]
+    assert report["batch_sizes"] == [5, 32]
     assert report["outputs"]["map"]["max_rel_diff"] <= 1e-4 and report["outputs"]["score"]["max_rel_diff"] <= 1e-4
     assert json.loads((out / PARITY_FILE).read_text())["pass"] is True
     contract = json.loads((out / CONTRACT_FILE).read_text())
@@ -221,3 +222,14 @@ def test_exporting_a_registered_version_logs_parity_and_contract_to_it(cli_expor
     assert tags["onnx_parity"] == "pass" and float(tags["onnx_max_rel_diff"]) <= 1e-4
     logged = {a.path for a in client.list_artifacts(run_id, "onnx")}
     assert logged == {f"onnx/{CONTRACT_FILE}", f"onnx/{PARITY_FILE}"}
+
+
+def test_a_traced_patchcore_search_holds_for_more_queries_than_it_was_traced_with():
+    from logicad.models.patchcore import nearest
+
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 8, generator=generator)
+    # a small block: eager search chunks the queries; traced at 4 queries, run at 40
+    traced = torch.jit.trace(lambda q: nearest(q, bank, block_elements=200)[0], torch.randn(4, 8))
+    queries = torch.randn(40, 8, generator=generator)
+    assert torch.allclose(traced(queries), nearest(queries, bank, block_elements=200)[0], atol=1e-6)

@@ -22,7 +22,9 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, block_elements: int = BLO
     queries, bank = queries.float(), bank.float()
     if bank.shape[0] == 0:
         raise ValueError("nearest-neighbour search in an empty memory bank")
-    if backend == "faiss":
+    if _tracing():  # ONNX export: every query in one block, so the graph holds for any batch size
+        index = _whole_query_indices(queries, bank, block_elements)
+    elif backend == "faiss":
         index = _faiss_indices(queries, bank)
     else:
         index = _torch_indices(queries, bank, block_elements)
@@ -50,6 +52,32 @@ def _torch_indices(queries: torch.Tensor, bank: torch.Tensor, block_elements: in
             best_index = torch.where(better, index + m0, best_index)
         out[q0:q0 + q.shape[0]] = best_index
     return out
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _whole_query_indices(queries: torch.Tensor, bank: torch.Tensor, block_elements: int) -> torch.Tensor:
+    """`_torch_indices` for a traced graph (`logicad export`): the queries are never sliced by
+    Python integers (the tracer would freeze the traced batch's chunk bounds and a larger batch
+    would leave rows unsearched); only the bank, whose size is fixed, is chunked. Same candidates
+    and tie rule (the lower bank row)."""
+    m_count = bank.shape[0]
+    bank_chunk = max(1, min(m_count, block_elements // max(int(queries.shape[0]), 1)))
+    q_norms = (queries * queries).sum(dim=1, keepdim=True)
+    bank_norms = (bank * bank).sum(dim=1)
+    best, best_index = None, None
+    for m0 in range(0, m_count, bank_chunk):
+        squared = q_norms - 2.0 * (queries @ bank[m0:m0 + bank_chunk].T) + bank_norms[m0:m0 + bank_chunk]
+        value, index = squared.min(dim=1)
+        if best is None:
+            best, best_index = value, index + m0
+            continue
+        better = value < best  # strict: ties keep the lower bank row
+        best = torch.where(better, value, best)
+        best_index = torch.where(better, index + m0, best_index)
+    return best_index
 
 
 def faiss_available() -> bool:

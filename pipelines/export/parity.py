@@ -22,6 +22,8 @@ from ..evaluate.scoring import score_batches
 from .onnx_scoring import OnnxScorer
 
 TOLERANCE = 1e-4
+#: the second batching parity runs the graph with (see check_parity)
+LARGE_BATCH = 32
 
 
 def torch_outputs(method: Method, dataset: AnomalyDataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,13 +78,20 @@ def compare(reference: tuple[np.ndarray, np.ndarray], exported: tuple[np.ndarray
 
 def check_parity(method: Method, scorer: OnnxScorer, splits: dict[str, AnomalyDataset], batch_size: int = 8,
                  tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """The report over every image of `splits` (e.g. validation and test), pooled."""
+    """The report over every image of `splits` (e.g. validation and test), pooled. The graph is
+    run twice, in batches of `batch_size` and of `LARGE_BATCH` (the export traced a batch of 2:
+    larger batches must hold too); the report is the worse of the two."""
     method = method.cpu().eval()
-    reference = [torch_outputs(method, data, batch_size) for data in splits.values()]
-    exported = [onnx_outputs(scorer, data, batch_size) for data in splits.values()]
-    report = compare((np.concatenate([r[0] for r in reference]), np.concatenate([r[1] for r in reference])),
-                     (np.concatenate([e[0] for e in exported]), np.concatenate([e[1] for e in exported])), tolerance)
+    reference = _pooled([torch_outputs(method, data, batch_size) for data in splits.values()])
+    sizes = sorted({batch_size, LARGE_BATCH})
+    reports = [compare(reference, _pooled([onnx_outputs(scorer, data, size) for data in splits.values()]),
+                       tolerance) for size in sizes]
+    report = max(reports, key=lambda r: (not r["pass"], r["max_rel_diff"]))
     import onnxruntime
 
-    return {**report, "splits": {name: len(data) for name, data in splits.items()}, "batch_size": batch_size,
+    return {**report, "splits": {name: len(data) for name, data in splits.items()}, "batch_sizes": sizes,
             "onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider", "torch": torch.__version__}
+
+
+def _pooled(outputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
