@@ -103,8 +103,10 @@ def test_the_registered_model_has_no_optimizer_state_and_scores_like_the_trained
     registered = load_payload_any(record["model_uri"])
     assert not has_resume_state(registered) and "threshold_fpr" in registered
     (final,) = _ray_models(tmp)[True]
+    by_run = load_payload_any(f"runs:/{record['mlflow_run_id']}/model")  # the run's logged model, not a copy
+    latest = read_model_file(tmp / "outputs" / "latest" / "model")
     for key, value in final["state_dict"].items():
-        assert torch.equal(registered["state_dict"][key], value), key
+        assert all(torch.equal(p["state_dict"][key], value) for p in (registered, by_run, latest)), key
     # the threshold the worker computed with the trained model, recomputed with the registered one
     again = validation_threshold(method_from_payload(registered), "mvtec_loco", small_loco, category,
                                  torch.device("cpu"))
