@@ -128,13 +128,15 @@ class _Unexportable(Method):
         return torch.fft.fft2(images).abs().mean(dim=1, keepdim=True)
 
 
-def test_a_method_that_cannot_export_fails_in_one_line_naming_it_and_writes_nothing(small_loco, category, tmp_path):
+def test_a_method_that_cannot_export_fails_in_one_line_naming_it_and_writes_nothing(small_loco, category, tmp_path,
+                                                                                     capfd):
     method = _Unexportable(MethodConfig(image_size=32))
     with pytest.raises(ExportError) as caught:
         export_model(method, {}, "test", category, tmp_path / "out", _splits(method, small_loco, category))
     message = str(caught.value)
     assert "\n" not in message and message.startswith("unexportable: cannot export to ONNX") and "fft" in message
     assert list(tmp_path.iterdir()) == []
+    assert "Torch IR graph" not in "".join(capfd.readouterr())  # the exporter's dump of the traced graph
 
 
 def test_the_scorers_decode_and_resize_are_logicads_pixel_for_pixel(small_loco, tmp_path):

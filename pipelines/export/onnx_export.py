@@ -20,9 +20,11 @@ failure leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -58,6 +60,21 @@ def _resize_antialiased(g, x, output_size, align_corners, scales_h=None, scales_
                 exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel")
 
 
+@contextlib.contextmanager
+def _stdout_discarded():
+    """File descriptor 1 to /dev/null for the block (C++ writes too, which redirect_stdout misses)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
@@ -70,8 +87,10 @@ def export_onnx(method: Method, path: Path, opset: int = OPSET) -> None:
     graph = ExportGraph(method.cpu()).eval()
     dynamic = {name: {0: "N"} for name in (INPUT, *OUTPUTS)}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # one TracerWarning per host read: expected, see the module doc
+        # quiet: one TracerWarning per host read (expected, see the module doc); on failure the
+        # exporter's C++ log prints the whole traced graph to stdout: the error line says what matters
+        with warnings.catch_warnings(), torch.no_grad(), _stdout_discarded():
+            warnings.simplefilter("ignore")
             torch.onnx.export(graph, (example_input(method.config.image_size),), str(path), dynamo=False,
                               opset_version=opset, input_names=[INPUT], output_names=list(OUTPUTS),
                               dynamic_axes=dynamic, do_constant_folding=True)
