@@ -30,23 +30,22 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from logicad.data import load_split  # noqa: E402
-from logicad.models.base import Method, build_method, method_class  # noqa: E402
-from logicad.models.fusion import Fusion  # noqa: E402
-from logicad.pipelines.data_source import synthetic_default  # noqa: E402
-from logicad.pipelines.export.graph import ExportGraph  # noqa: E402
-from logicad.pipelines.export.onnx_export import export_model, summary  # noqa: E402
-from logicad.pipelines.export.onnx_scoring import OnnxScorer  # noqa: E402
+import torch
+from logicad.data import load_split
+from logicad.models.base import Method, build_method, method_class
+from logicad.models.fusion import Fusion
+from logicad.pipelines.data_source import synthetic_default
+from logicad.pipelines.export.graph import ExportGraph
+from logicad.pipelines.export.onnx_export import export_model, summary
+from logicad.pipelines.export.onnx_scoring import OnnxScorer
+from torch.utils.data import DataLoader
 
 METHODS = ("dfsc", "glcf", "slsg", "fod", "patchcore", "global_gaussian", "fusion")
 PRESET = "cpu-synthetic"
@@ -65,7 +64,7 @@ def build(name: str, size: int | None) -> Method:
 def fitted(name: str, size: int | None, data: Path, category: str, n_train: int) -> Method:
     """`build`, then prepare/finalize on the first `n_train` training images (each member first)."""
     method = build(name, size)
-    members = [m for _, m in getattr(method, "named_members", lambda: [])()] or list(getattr(method, "members", []))
+    members = list(getattr(method, "members", []))  # a fusion's
     for part in [*members, method]:
         train = load_split("mvtec_loco", data, category, "train", part.config.image_size)
         subset = torch.utils.data.Subset(train, range(min(n_train, len(train))))
@@ -146,10 +145,11 @@ def table(results: dict[str, Any]) -> str:
             continue
         p, s = r["parity"]["outputs"], r["speed"]
 
-        def cell(row: str, key: str, fmt: str) -> str:
-            return format(s[row][key], fmt) if key in s[row] else "skipped"
+        def cell(row: str, key: str, fmt: str, speed: dict = s) -> str:
+            return format(speed[row][key], fmt) if key in speed[row] else "skipped"
 
-        lines.append(f"| {name} | {r['image_size']} | {p['map']['max_abs_diff']:.1e} / {p['score']['max_abs_diff']:.1e} "
+        diffs = f"{p['map']['max_abs_diff']:.1e} / {p['score']['max_abs_diff']:.1e}"
+        lines.append(f"| {name} | {r['image_size']} | {diffs} "
                      f"({r['parity']['max_rel_diff']:.1e}) | " + " | ".join(
                          cell(row, key, fmt) for key, fmt in (("ms_per_image_batch1", ".1f"),
                                                               ("images_per_s_batch16", ".1f"))
@@ -179,7 +179,7 @@ def main() -> int:
         for name in args.methods.split(","):
             try:
                 results[name] = one(name, args, data, category, Path(tmp))
-            except Exception as exc:  # one method failing must not lose the others' rows
+            except Exception as exc:  # noqa: BLE001  (one method failing must not lose the others' rows)
                 traceback.print_exc()
                 results[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     record = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,

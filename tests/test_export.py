@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from logicad.data import load_split
 from logicad.data.dataset import resize_image
 from logicad.data.images import read_image_rgb
@@ -28,6 +26,7 @@ from logicad.pipelines.export.errors import ExportError
 from logicad.pipelines.export.onnx_export import export_model
 from logicad.pipelines.export.onnx_scoring import OnnxScorer
 from logicad.pipelines.train.checkpoints import save_model
+from torch.utils.data import DataLoader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +50,7 @@ def _fitted(name: str, data: Path, category: str) -> Method:
     the fusion: DFSC (64 px) and FOD (32 px: the graph downsizes for it)."""
     torch.manual_seed(0)
     if name == "fusion":
-        method = Fusion.from_members([("dfsc", _fitted("dfsc", data, category)), ("fod", _fitted("fod", data, category))])
+        method = Fusion.from_members([(member, _fitted(member, data, category)) for member in ("dfsc", "fod")])
     else:
         method = build_method(name, method_class(name).config_cls.build(TINY[name]))
     train = load_split("mvtec_loco", data, category, "train", method.config.image_size)
@@ -193,7 +192,7 @@ def test_predict_with_an_exported_model_never_imports_torch(cli_export):
               f"code = main(['predict', '--model', {str(cli_export['onnx'])!r}, '--images', "
               f"{str(cli_export['images'])!r}, '--out', {str(out)!r}]); "
               "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'; print('no torch')")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no torch" in done.stdout and (out / "scores.csv").is_file()
 
@@ -207,7 +206,6 @@ def test_an_existing_non_empty_out_is_refused_in_one_line_before_any_work(cli_ex
 def test_exporting_a_registered_version_logs_parity_and_contract_to_it(cli_export, small_loco, category):
     import mlflow
     import mlflow.tracking
-
     from logicad.pipelines.registry import tracking
     from logicad.pipelines.registry.pyfunc import log_and_register
 

@@ -9,10 +9,9 @@ torch scoring path runs. Maps come out N x 1 x S x S float32, scores N float32.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from logicad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from logicad.models.base import Method
+from torch import nn
 
 INPUT = "image"
 OUTPUTS = ("map", "score")

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from logicad.data import AnomalyDataset
 from logicad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from logicad.models.base import Method
@@ -97,7 +96,7 @@ def export_onnx(method: Method, path: Path, opset: int = OPSET) -> None:
         import onnx
 
         onnx.checker.check_model(str(path))
-    except Exception as exc:  # the exporter raises many types (UnsupportedOperatorError, SymbolicValueError, ...)
+    except Exception as exc:  # noqa: BLE001  (the exporter raises many types: UnsupportedOperatorError, ...)
         raise ExportError(f"{method.name}: cannot export to ONNX ({_first_line(exc)})") from None
 
 

@@ -11,8 +11,8 @@ contract's unless one is given.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class OnnxScorer:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
-        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for a bad file)
             raise OnnxModelError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") \
                 from None
         self.input = self.contract["input"]["name"]

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from logicad.data import AnomalyDataset
 from logicad.models.base import Method
 

@@ -5,8 +5,8 @@ a heatmap overlay per image, `skipped.csv` and the summary line. Torch-free, so 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -57,7 +57,8 @@ def summary_line(verdicts: list[str], threshold: float | None, skipped: int = 0)
     if threshold is None:
         return f"{len(verdicts)} images scored, no threshold recorded with the model (give --threshold){extra}"
     bad = verdicts.count("anomalous")
-    return f"{len(verdicts)} images scored: {bad} anomalous, {len(verdicts) - bad} good (threshold {threshold:.4g}){extra}"
+    good = len(verdicts) - bad
+    return f"{len(verdicts)} images scored: {bad} anomalous, {good} good (threshold {threshold:.4g}){extra}"
 
 
 def overlay_name(path: Path, images: Path) -> Path:

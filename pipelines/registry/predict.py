@@ -14,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from logicad.data import AnomalyDataset, Sample
-from logicad.data.images import read_image_rgb
 from logicad.data.errors import DatasetError
+from logicad.data.images import read_image_rgb
 from logicad.data.layouts import images_below
 
-from ..export.predictions import overlay, overlay_name, summary_line, write_predictions, write_skipped
-from ..train.checkpoints import method_from_payload
 from ..evaluate.scoring import score_batches
+from ..export.predictions import (
+    overlay,
+    overlay_name,
+    summary_line,
+    write_predictions,
+    write_skipped,
+)
+from ..train.checkpoints import method_from_payload
 from ..train.progress import Progress
 
 __all__ = ["overlay", "overlay_name", "predict", "readable", "summary_line"]
