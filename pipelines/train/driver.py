@@ -17,8 +17,8 @@ from logicad.models.base import ConfigError, MethodConfig, method_class
 
 from ..registry import tracking
 from .checkpoints import MODEL_FILE
-from .run_dirs import (existing_names, human_bytes, latest_with_prefix, link_identical, measure_places, point_latest,
-                       refuse_reuse, timestamped)
+from .run_dirs import (existing_names, files_below, human_bytes, latest_with_prefix, link_identical, measure_places,
+                       point_latest, refuse_reuse, timestamped)
 from .resources import GpuDecision, cluster_gpu_view, decide_gpus
 from ..config import flatten
 from .nonfinite import guarded_train_loop, raise_if_nonfinite
@@ -323,9 +323,12 @@ def _written(job: TrainJob, uri: str, run_id: str, record: dict[str, Any], ray_m
     model on this disk one file (`keep_one_copy`): the run folder's, the final Ray checkpoint's
     and the logged MLflow model's model.pt."""
     run_model = Path(record["run_dir"]) / "model" / MODEL_FILE
+    run_artifacts = tracking.run_artifact_location(uri, run_id)
     places = {"run": record["run_dir"], "Ray checkpoints": record["ray_run_dir"],
-              "MLflow run artifacts": artifact_place(tracking.run_artifact_location(uri, run_id))}
+              "MLflow run artifacts": artifact_place(run_artifacts)}
     logged = keep_one_copy(uri, record.get("model_uri"), run_model, [ray_model] if ray_model else [])
+    copies = [ray_model.parent if ray_model else None, tracking.local_folder(run_artifacts)]
+    link_results(run_model.parent, [folder for folder in copies if folder is not None])
     if logged:
         places["MLflow model"] = logged
     return places
@@ -346,7 +349,20 @@ def keep_one_copy(uri: str, model_uri: str | None, model_file: Path, others: lis
     return place
 
 
+def link_results(model_dir: Path, folders: list[Path]) -> None:
+    """The plots and other files of the run's model folder (model.pt aside, see `keep_one_copy`)
+    that `folders` (the final Ray checkpoint, the MLflow run's artifacts) hold byte-identical
+    under the same name become hard links to the run folder's."""
+    for file in files_below(model_dir):
+        if file.name != MODEL_FILE:
+            name = file.relative_to(model_dir)
+            link_identical(file, [folder / name for folder in folders if (folder / name).is_file()])
+
+
 def artifact_place(location: str) -> str:
-    """An artifact location as the closing line names it: the local folder, else the URI."""
+    """An artifact location as the closing line names it: the local folder (relative to the
+    working directory when below it), else the URI."""
     folder = tracking.local_folder(location)
-    return str(folder) if folder is not None else location
+    if folder is None:
+        return location
+    return str(folder.relative_to(Path.cwd())) if folder.is_relative_to(Path.cwd()) else str(folder)
