@@ -13,6 +13,9 @@ has one, 2 steps, on a small synthetic dataset, registered in a local MLflow sto
   counted once), now; before = now - the lean model + four full copies (the old run folder,
   final Ray checkpoint, MLflow run artifact and logged model each held one).
 
+and, without training (sizes do not depend on it), the model file at the method's paper
+defaults (no preset), full and lean. `--paper-only` skips the training runs.
+
 Results of earlier invocations in `--out` are kept, so methods can be run one at a time.
 """
 
@@ -53,6 +56,18 @@ def full_payload_bytes(lean_file: Path, dest: Path) -> int:
     return save_model(dest, method, {**extra, "training": training}).stat().st_size
 
 
+def paper_default_sizes(method: str, work: Path) -> dict[str, int]:
+    """The model file of an untrained `method` at its paper defaults: full (old) and lean bytes."""
+    from logicad.models.backbones import restoring_saved_weights
+    from logicad.models.base import build_method, method_class
+    from logicad.pipelines.train.checkpoints import save_model
+
+    with restoring_saved_weights():  # random weights of the right shapes: no download
+        model = build_method(method, method_class(method).config_cls.build({}))
+    lean = save_model(work / "paper" / "lean" / "model.pt", model, {"training": {"finished": True}})
+    return {"before": full_payload_bytes(lean, work / "paper" / "full" / "model.pt"), "after": lean.stat().st_size}
+
+
 def measure(method: str, data: Path, category: str, work: Path) -> dict[str, Any]:
     """Train `method` briefly into `work`; its sizes before and after."""
     from logicad.pipelines.config import resolve_config
@@ -87,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--out", default="benchmarks/results/model_sizes.json")
+    parser.add_argument("--paper-only", action="store_true", help="only the paper-default model files (no training)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -108,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             data = Path(tmp) / "data"
             make_synthetic(data, SyntheticSpec(seed=0, **SMALL), categories=[CATEGORIES[0]])
             for method in methods:
-                results[method] = measure(method, data, CATEGORIES[0], Path(tmp) / method)
-                print(method, json.dumps({k: results[method][k] for k in
-                                          ("model_file", "registry_artifact", "written_per_run")}), flush=True)
+                work = Path(tmp) / method
+                if not args.paper_only:
+                    results[method] = measure(method, data, CATEGORIES[0], work)
+                results.setdefault(method, {})["paper_model_file"] = paper_default_sizes(method, work)
+                print(method, json.dumps({k: v for k, v in results[method].items() if k in
+                                          ("model_file", "registry_artifact", "written_per_run", "paper_model_file")}),
+                      flush=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 partial = out.with_suffix(".tmp")
                 partial.write_text(json.dumps({"methods": results, "date": time.strftime("%Y-%m-%d %H:%M:%S"),

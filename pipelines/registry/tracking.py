@@ -75,7 +75,7 @@ def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               parent_run_id: str | None = None) -> str:
     """Create a run (nested under `parent_run_id` if given) with params and tags; its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = _client(uri)
     all_tags = {"mlflow.runName": run_name, **tags}
