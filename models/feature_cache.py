@@ -140,6 +140,9 @@ class FeatureCache:
 
     @staticmethod
     def _stacked(rows: dict[int, Levels], n: int, device: torch.device) -> Levels:
+        """The rows as one batch per level, in their stored dtype: outside autocast, which
+        would otherwise cast (or, on a CPU, refuse) float16 entries under a bf16 step."""
         levels = len(rows[0])
-        return tuple(torch.stack([rows[row][level].to(device, non_blocking=True) for row in range(n)])
-                     for level in range(levels))
+        with torch.autocast(device.type, enabled=False):
+            return tuple(torch.stack([rows[row][level].to(device, non_blocking=True) for row in range(n)])
+                         for level in range(levels))

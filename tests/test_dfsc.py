@@ -562,6 +562,23 @@ def test_sparse_hard_backward_is_used_on_the_cpu_only():
     assert not model.uses_sparse_backward(torch.device("cpu"))
 
 
+def test_cached_teacher_targets_serve_a_bf16_autocast_step_on_the_cpu():
+    """The cpu-synthetic preset trains under bf16 autocast: a batch mixing cached (float16) and
+    fresh rows is stacked outside autocast into the same float32 targets as a full hit."""
+    model = _model(precision="bf16")
+    images = _images(3, 64)
+    model.prepare(_batches(images, 3))
+    stage = model.stages()[0]
+    batch = {"image": images[1:3], "label": torch.zeros(2), "index": torch.arange(1, 3)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(_batches(images, 2)[0], stage=stage.name)  # caches images 0 and 1
+        mixed = model._training_teacher(batch, batch["image"])  # image 1 cached, image 2 fresh
+        hit = model._training_teacher(batch, batch["image"])  # both cached
+        loss = model(batch, stage=stage.name)["loss"]
+    assert model.cache.hits == 5 and mixed.dtype == torch.float32 and torch.equal(mixed, hit)
+    assert torch.isfinite(loss)
+
+
 def test_teacher_cache_caches_in_part_on_the_cpu_and_all_or_nothing_on_a_gpu():
     model = _model()
     images = _images(3, 64)
