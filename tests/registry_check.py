@@ -26,8 +26,10 @@ def assert_registered_model_scores_alike(model_uri: str, model_dir: Path, tracki
     code = (
         "import json, mlflow.pyfunc, pandas as pd\n"
         f"model = mlflow.pyfunc.load_model({model_uri!r})\n"
-        f"out = model.predict(pd.DataFrame({{'path': {[str(s.path) for s in samples]!r}}}))\n"
-        "print(json.dumps({'scores': out['score'].tolist(), 'map_shape': list(out['map'].shape)}))\n"
+        f"frame = pd.DataFrame({{'path': {[str(s.path) for s in samples]!r}}})\n"
+        "out = model.predict(frame, params={'return_map': True})\n"
+        "shape = [len(out['map']), len(out['map'][0]), len(out['map'][0][0])]\n"
+        "print(json.dumps({'scores': out['score'].tolist(), 'map_shape': shape}))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tracking_db}"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

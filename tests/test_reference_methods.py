@@ -250,7 +250,7 @@ def test_the_loop_runs_statistics_only_and_resumes_a_finished_run(name, small_lo
     (metrics, payload), = session.reports
     training = payload["training"]
     assert metrics["final"] and metrics["step"] == 0 and metrics["replica_divergence"] == 0.0
-    assert training["finished"] and training["optimizers"] == [] and training["train_images_per_second"] is None
+    assert training["finished"] and "optimizers" not in training and training["train_images_per_second"] is None
     torch.save(payload, tmp_path / MODEL_FILE)
     again = LocalSession(tmp_path)
     run_loop(spec, again)  # resumes the finished run: nothing to compute, the state as saved
