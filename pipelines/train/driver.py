@@ -76,7 +76,7 @@ NON_PATH_WEIGHTS = ("hub", "random", "imagenet", *SHIPPED)
 
 def check_paths(config: MethodConfig) -> None:
     """Config keys that name files or folders (`*_weights`, `*_dir`) must exist when set, and
-    every backbone's weights load into its architecture (`MethodConfig.BACKBONE_WEIGHTS`: names,
+    every backbone's weights load into its architecture (`MethodConfig.backbones_in_use()`: names,
     shapes, the shipped package installed), so bad weights fail in one line before Ray starts.
     Other weight sources that are not paths ("hub", "random", "imagenet") are left to the method."""
     for key, value in config.to_dict().items():
@@ -86,7 +86,7 @@ def check_paths(config: MethodConfig) -> None:
             continue
         if not Path(value).exists():
             raise ConfigError(f"config key {key!r}: {value} does not exist; expected a path on this machine")
-    for key, arch_key in config.BACKBONE_WEIGHTS.items():
+    for key, arch_key in config.backbones_in_use().items():
         try:
             check_weights(getattr(config, arch_key), getattr(config, key))
         except BackboneWeightsError as exc:
@@ -135,8 +135,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every progress line prints twice
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-    else:  # the dashboard serves the state API that Ray Train's clean-up polls
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        return
+    # one machine: no node can be preempted, and Ray Train's preemption watcher (observability
+    # only) logs an error-level core_worker line at every run; on a cluster it stays on
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # the dashboard serves the state API that Ray Train's clean-up polls
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def run_group(job: TrainJob) -> Path:
@@ -192,7 +196,7 @@ def feature_sources(config: MethodConfig) -> str:
     """Where each timm backbone's weights come from ("tf_efficientnet_lite0: imagenet-lite0 (ImageNet,
     pip ...)"), "; "-joined; "" for a method without one. Printed in the plan, an MLflow param."""
     return "; ".join(f"{getattr(config, arch)}: {describe_source(getattr(config, key))}"
-                     for key, arch in config.BACKBONE_WEIGHTS.items())
+                     for key, arch in config.backbones_in_use().items())
 
 
 def plan_line(job: TrainJob, gpus: GpuDecision) -> str:
