@@ -12,8 +12,10 @@ graph input (N x S x S x 3 uint8, normalisation included) in three ways:
 
 - onnxruntime (CPUExecutionProvider, `--threads` intra-op threads);
 - torch eager (`ExportGraph`, inference mode, `--threads` threads);
-- torch compiled (`torch.compile` of the same module, inductor; minutes per method on a
-  small CPU: `--no-compiled` skips it and the JSON says so).
+- torch compiled (`torch.compile`, inductor, of the same module scoring through the function
+  logicad's compiled scoring traces, `evaluate.compiled.traceable_maps`; minutes per method on
+  a small CPU: `--no-compiled` skips it and the JSON says so; a failed compile is a row "failed"
+  with the error in the JSON).
 
 Rows: ms/image at batch 1 (median of `--repeats`) and images/s at batch 16 (median of
 `--repeats` // 2 + 1 batches), after a warm-up call each. Writes JSON and prints a table.
@@ -104,19 +106,38 @@ def measure(method: Method, folder: Path, threads: int, repeats: int, compiled: 
 
     rows = {"onnxruntime": speeds(scorer, lambda n: images[:n].numpy(), repeats),
             "torch_eager": speeds(eager, lambda n: images[:n], repeats)}
-    if compiled:
-        start = time.perf_counter()
-        compiled_graph = torch.compile(graph, dynamic=False)
-
-        def run(batch: torch.Tensor):
-            with torch.inference_mode():
-                return compiled_graph(batch)
-
-        rows["torch_compiled"] = {**speeds(run, lambda n: images[:n], repeats),
-                                  "compile_and_run_s": time.perf_counter() - start}
-    else:
-        rows["torch_compiled"] = {"skipped": "--no-compiled"}
+    rows["torch_compiled"] = compiled_rows(method, images, repeats) if compiled else {"skipped": "--no-compiled"}
     return rows
+
+
+def compiled_rows(method: Method, images: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """`torch.compile` (inductor) of the graph with the function logicad's compiled scoring traces
+    (`evaluate.compiled.traceable_maps`: no inference_mode block, which AOT autograd cannot trace);
+    the error's first line when compiling fails."""
+    from logicad.pipelines.evaluate.compiled import traceable_maps
+
+    maps_fn = traceable_maps(method)
+    own_score = type(method).score is not Method.score  # a fusion: its score is not its map's
+
+    def score(x: torch.Tensor):
+        if own_score:
+            return method.score(x)
+        maps = maps_fn(x)
+        return maps, method.image_score(maps)
+
+    compiled_graph = torch.compile(ExportGraph(method, score).eval(), dynamic=False)
+
+    def run(batch: torch.Tensor):
+        with torch.inference_mode():
+            return compiled_graph(batch)
+
+    start = time.perf_counter()
+    try:
+        return {**speeds(run, lambda n: images[:n], repeats), "compile_and_run_s": time.perf_counter() - start}
+    except Exception as exc:  # noqa: BLE001  (inductor raises many types; the row says why)
+        cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # the backend's own error
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        return {"error": f"{type(exc).__name__}: {type(cause).__name__}: {first}"}
 
 
 def one(name: str, args: argparse.Namespace, data: Path, category: str, tmp: Path) -> dict[str, Any]:
@@ -146,7 +167,9 @@ def table(results: dict[str, Any]) -> str:
         p, s = r["parity"]["outputs"], r["speed"]
 
         def cell(row: str, key: str, fmt: str, speed: dict = s) -> str:
-            return format(speed[row][key], fmt) if key in speed[row] else "skipped"
+            if key in speed[row]:
+                return format(speed[row][key], fmt)
+            return "failed" if "error" in speed[row] else "skipped"
 
         diffs = f"{p['map']['max_abs_diff']:.1e} / {p['score']['max_abs_diff']:.1e}"
         lines.append(f"| {name} | {r['image_size']} | {diffs} "
