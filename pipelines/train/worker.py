@@ -75,9 +75,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     run_loop(WorkerSpec(**loop_config), TrainSession())
 
 
-def tune_trial(trial_config: dict[str, Any]) -> None:
-    """Tune function trainable: the spec with the trial's sampled config keys."""
-    spec = WorkerSpec(**trial_config["spec"])
+def tune_trial(trial_config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Tune function trainable: the sweep's spec (bound by `tune.with_parameters`) with the
+    trial's sampled config keys (`trial_config["params"]`)."""
+    spec = WorkerSpec(**spec)
     spec.config = {**spec.config, **trial_config["params"]}
     run_loop(spec, TuneSession())
 

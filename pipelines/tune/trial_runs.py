@@ -19,8 +19,9 @@ class MlflowTrialRuns(Callback):
 
     Runs are found again by the `logicad.trial_id` tag, so a resumed sweep keeps them."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, max_steps: int | None = None) -> None:
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
+        self.max_steps = max_steps  # the base config's step budget (a trial may sample its own)
         self.runs: dict[str, str] = {}
         self.steps: dict[str, int] = {}
 
@@ -54,8 +55,7 @@ class MlflowTrialRuns(Callback):
         if "step" in result:
             step = int(result["step"])
         else:
-            spec = trial.config.get("spec", {})
-            budget = {**spec.get("config", {}), **trial.config.get("params", {})}.get("max_steps", last)
+            budget = trial.config.get("params", {}).get("max_steps", self.max_steps or last)
             step = int(budget) if result.get("final") else last
         self.steps[trial.trial_id] = max(last, step)
         return max(last, step)

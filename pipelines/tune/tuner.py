@@ -83,11 +83,14 @@ def search_algorithm(space: SearchSpace):
                               max_concurrent=int(space.budget_value("max_concurrent", 2)))
 
 
-def _trainable(space: SearchSpace, gpus: GpuDecision):
+def _trainable(space: SearchSpace, gpus: GpuDecision, spec: WorkerSpec):
+    """The trial function with the shared spec bound through the object store: a trial's config
+    is its sampled keys alone, so Ray's progress lines ("Current best trial ... params=") show
+    what the trial tried, not the base config."""
     from ray import tune
 
     resources = {"cpu": float(space.budget_value("cpu_per_trial", 1)), "gpu": gpus.per_unit}
-    return tune.with_resources(tune_trial, resources)
+    return tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict()), resources)
 
 
 def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus: GpuDecision):
@@ -102,13 +105,13 @@ def build_tuner(tj: TuneJob, spec: WorkerSpec, name: str, callbacks: list, gpus:
                            callbacks=callbacks, checkpoint_config=keep)
     if tj.resume:
         path = f"{storage.rstrip('/')}/{name}"
-        return tune.Tuner.restore(path, trainable=_trainable(space, gpus), resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=tj.storage_filesystem)
+        return tune.Tuner.restore(path, trainable=_trainable(space, gpus, spec), resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=tj.storage_filesystem)
     max_reports = job.config.max_steps // max(spec.checkpoint_every, 1) + 1
     tune_config = TuneConfig(metric=space.metric, mode=space.mode, scheduler=_scheduler(space, max_reports),
                              search_alg=search_algorithm(space), num_samples=tj.num_samples or space.budget_value(
                                  "num_samples", 8), max_concurrent_trials=int(space.budget_value("max_concurrent", 2)))
-    return tune.Tuner(_trainable(space, gpus), param_space={"spec": spec.to_dict(), "params": to_tune(space)},
+    return tune.Tuner(_trainable(space, gpus, spec), param_space={"params": to_tune(space)},
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -140,7 +143,8 @@ def run_tune(tj: TuneJob, name: str | None = None) -> dict[str, Any]:
         {"logicad.sweep": name, "objective": space.objective})
     spec = worker_spec(job, checkpoint_every=int(space.budget_value("report_every", 50)), evaluate=False,
                        objective=space.objective)
-    results = build_tuner(tj, spec, name, [MlflowTrialRuns(uri, job.experiment, parent)], gpus).fit()
+    trial_runs = MlflowTrialRuns(uri, job.experiment, parent, job.config.max_steps)
+    results = build_tuner(tj, spec, name, [trial_runs], gpus).fit()
     tracking.end_orphan_children(uri, parent)
     report_errors(results)
     best = best_result(results, space)
