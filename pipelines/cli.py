@@ -103,14 +103,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                    storage_path=storage, run_name=args.run_name, resume=args.resume,
                    checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
                    tracking_uri=args.tracking_uri, storage_filesystem=filesystem,
-                   keep_checkpoints=args.keep_checkpoints, compile_step=args.compile_step, **remote_data(args))
+                   keep_checkpoints=args.keep_checkpoints, compile_step=args.compile_step,
+                   eval_options={"fpr": args.fpr}, **remote_data(args))
     record = run_train(job)
     print_headline(record)
     print_registration(record)
     from .train.driver import disk_summary
 
-    print("results: " + disk_summary({"run": record["run_dir"], "Ray checkpoints": record["ray_run_dir"]},
-                                     filesystem) + f"; latest: {Path(args.output) / 'latest'}")
+    print("results: " + disk_summary(record["written"], filesystem) + f"; latest: {Path(args.output) / 'latest'}")
     return 0
 
 
@@ -145,6 +145,10 @@ def print_headline(record: dict) -> None:
     if record.get("model_uri"):
         parts.append(f"model {record['model_uri']}")
     print(", ".join(parts))
+    from .evaluate.thresholds import decision_line
+
+    if decision := decision_line(record):
+        print(decision)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -198,7 +202,14 @@ def add_train(sub) -> None:
                    help="GPUs each worker asks Ray for (default: auto, 1 when the cluster has or can "
                         "autoscale GPU nodes, else 0 = CPU)")
     p.add_argument("--cpu", action="store_true", help="train on CPU (same as --gpus-per-worker 0)")
+    _fpr_arg(p)
     p.set_defaults(func=cmd_train)
+
+
+def _fpr_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fpr", type=float, default=0.01,
+                   help="false-positive rate on the validation normals the recorded pass/fail threshold is "
+                        "chosen for (default 0.01)")
 
 
 # --- evaluate ---------------------------------------------------------------------------
@@ -220,7 +231,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model {args.model}: " + (f"from MLflow run {origin['run_id']}" if origin.get("run_id")
                                      else "no MLflow run recorded with it")
           + (f" ({origin['source']})" if origin.get("source") else ""), flush=True)
-    method = method_from_payload(load_payload_any(args.model))
+    payload = load_payload_any(args.model)
+    method = method_from_payload(payload)
     settings = score_only_settings(method.config, args.set or (), args.config)
     if settings:
         method.config = method.config.replace(**settings)
@@ -230,8 +242,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data, category, _ = resolve_data(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     out = evaluation_dir(args.output, method.name, category)
+    # the model's recorded threshold decides (fitted on validation with --fpr when it records none)
     metrics = evaluate_to_dir(method.to(device), args.dataset, data, category, out, device, compile=args.compile,
-                              label=args.model)
+                              label=args.model, fpr=args.fpr, threshold=payload.get("threshold"),
+                              threshold_fpr=payload.get("threshold_fpr"))
     record = {"method": method.name, "dataset": args.dataset, "category": category, **metrics,
               "model": args.model, "mlflow_run_id": origin.get("run_id")}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -273,6 +287,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is available")
     _score_only_args(p)
     _compile_arg(p)
+    _fpr_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -327,7 +342,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best config written to {Path(record['sweep_dir']) / 'best_config.yaml'} (logicad train --config FILE)")
     from .train.driver import disk_summary
 
-    print("results: " + disk_summary({"sweep": record["sweep_dir"], "Ray trials": record["ray_run_dir"]},
+    print("results: " + disk_summary(record.get("written") or {"sweep": record["sweep_dir"],
+                                                              "Ray trials": record["ray_run_dir"]},
                                      filesystem) + f"; latest: {Path(args.output) / 'latest'}")
     return 0
 
@@ -477,7 +493,14 @@ def add_promote(sub) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export.contract import is_exported_model
 
+    from .registry.batch_predict import wants_batch
+
     if is_exported_model(args.model):
+        if wants_batch(args):
+            from .export.errors import OnnxModelError
+
+            raise OnnxModelError(f"{args.model}: --ray/--workers/--resume score a torch model (model.pt or "
+                                 "models:/...); score an exported model without them")
         return predict_exported(args)
     import mlflow
 
@@ -488,17 +511,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .train.checkpoints import method_from_payload
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    payload = load_payload_any(args.model)
+    settings = score_only_settings(method_from_payload(payload).config, args.set or (), args.config)
+    payload = {**payload, "config": {**payload["config"], **settings}}
+    if wants_batch(args):  # Ray Data: shards written as they finish, resumable
+        return predict_on_ray(args, payload)
     images = Path(args.images)
     if args.images.startswith("s3://"):
         from .storage import S3Settings, sync_dataset
 
         images = sync_dataset(args.images, cache_dir() / "s3", S3Settings.from_env(args.s3_endpoint_url))
-    payload = load_payload_any(args.model)
-    settings = score_only_settings(method_from_payload(payload).config, args.set or (), args.config)
-    payload = {**payload, "config": {**payload["config"], **settings}}
     scores = predict(payload, images, Path(args.out), args.threshold, args.batch_size, compile=args.compile,
                      skip_unreadable=args.skip_unreadable)
     print(f"scores written to {scores}; heatmap overlays in {Path(args.out) / 'overlays'}")
+    return 0
+
+
+def predict_on_ray(args: argparse.Namespace, payload: dict) -> int:
+    """`predict --workers N` (or --ray / --resume): Ray Data actors score shards of the images."""
+    from .registry.batch_predict import run_batch_predict
+
+    result = run_batch_predict(payload, args.model, args.images, Path(args.out), workers=args.workers or 1,
+                               shard_size=args.shard_size, threshold=args.threshold, batch_size=args.batch_size,
+                               skip_unreadable=args.skip_unreadable, overlays=args.overlays, resume=args.resume,
+                               compile=args.compile, s3_endpoint_url=args.s3_endpoint_url)
+    print(f"scores written to {result.scores}; shards in {Path(args.out) / 'shards'}")
     return 0
 
 
@@ -536,6 +573,9 @@ def add_predict(sub) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     _score_only_args(p)
     _compile_arg(p)
+    from .registry.batch_predict import add_batch_flags
+
+    add_batch_flags(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -598,8 +638,14 @@ def add_fuse(sub) -> None:
     p.set_defaults(func=cmd_fuse)
 
 
+def add_threshold(sub) -> None:
+    from .registry.rethreshold import add_threshold as add_threshold_verb
+
+    add_threshold_verb(sub)
+
+
 COMMANDS: tuple[Callable, ...] = (add_make_synthetic, add_evaluate_maps, add_train, add_evaluate, add_distill,
-                                  add_tune, add_fuse, add_promote, add_predict, add_export)
+                                  add_tune, add_fuse, add_promote, add_predict, add_export, add_threshold)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -635,6 +681,7 @@ def reported_errors() -> tuple[type[Exception], ...]:
     from logicad.models.backbones import BackboneWeightsError
     from logicad.models.distill import TeacherFileError
 
+    from .evaluate.thresholds import ThresholdError
     from .export.errors import ExportError, OnnxModelError
     from .train.checkpoints import ModelFileError
     from .storage import StorageError
@@ -643,7 +690,7 @@ def reported_errors() -> tuple[type[Exception], ...]:
     from .train.worker import NonFiniteLossError
 
     return (DatasetError, ConfigError, TrackingError, ModelFileError, TeacherFileError, BackboneWeightsError,
-            StorageError, ResourceRequestError, NonFiniteLossError, ExportError, OnnxModelError)
+            StorageError, ResourceRequestError, NonFiniteLossError, ExportError, OnnxModelError, ThresholdError)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class TrainJob:
     cache_dir: str | None = None
     keep_checkpoints: int = 2  # per run (per trial in a sweep)
     compile_step: str = ""  # torch.compile mode of the training step ("" eager)
+    #: options of the final evaluation (`evaluate_to_dir`), e.g. {"fpr": 0.01} for the recorded threshold
+    eval_options: dict[str, Any] = field(default_factory=dict)
 
 
 def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
@@ -68,7 +70,8 @@ def worker_spec(job: TrainJob, **kw: Any) -> WorkerSpec:
     return WorkerSpec(method=job.method, config=job.config.to_dict(), dataset=job.dataset,
                       data_root=str(Path(job.data_root).absolute()), category=job.category,
                       log_every=job.log_every, data_uri=job.data_uri, s3_endpoint_url=job.s3_endpoint_url,
-                      cache_dir=job.cache_dir, compile_step=job.compile_step, **kw)
+                      cache_dir=job.cache_dir, compile_step=job.compile_step,
+                      eval_options={**job.eval_options, **kw.pop("eval_options", {})}, **kw)
 
 
 NON_PATH_WEIGHTS = ("hub", "random", "imagenet", *SHIPPED)
