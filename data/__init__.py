@@ -7,12 +7,27 @@ resizes its images once into an in-memory `AnomalyDataset`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .dataset import AnomalyDataset, check_ground_truth, sample_regions
 from .errors import DatasetError
 from .ground_truth import DefectType, Region, load_defects_config
 from .layouts import DATASETS, Sample, category_dir, list_categories, scan
+
+if TYPE_CHECKING:
+    from .dataset import AnomalyDataset, check_ground_truth, sample_regions
+
+#: names served by `dataset.py`, which imports torch: loaded on first use, so the decoding and
+#: layout modules (`images`, `layouts`) serve the torch-free ONNX scoring path
+_TORCH_NAMES = ("AnomalyDataset", "check_ground_truth", "sample_regions")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnomalyDataset", "DATASETS", "DatasetError", "DefectType", "Region", "Sample",
@@ -36,6 +51,8 @@ def load_split(
     transform: Callable | None = None,
 ) -> AnomalyDataset:
     """Scan, check (ground truth included) and decode one split."""
+    from .dataset import AnomalyDataset, check_ground_truth
+
     samples = scan(dataset, Path(root), category, split)
     if split == "test":
         check_ground_truth(samples, load_defects(dataset, root, category))

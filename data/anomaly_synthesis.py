@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from .dataset import KIND_IDS, AnomalyDataset, make_item

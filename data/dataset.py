@@ -13,17 +13,11 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetError
 from .ground_truth import DefectType, Region, binary_regions, defect_values, loco_regions
-from .images import read_image_rgb, read_size, read_mask
+from .images import read_image_rgb, read_mask, read_size, resize_image  # noqa: F401  (resize_image: public here too)
 from .layouts import Sample
 from .transforms import eval_transform
 
 KIND_IDS = {"good": 0, "logical": 1, "structural": 2}
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Square `size` x `size` (area filter when shrinking, as detectors expect)."""
-    shrink = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def combined_mask(sample: Sample, size: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -33,6 +34,13 @@ def read_image_rgb(path: Path) -> np.ndarray:
         array = (255.0 * array / max(array.max(), 1.0)).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=2)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Square `size` x `size` (area filter when shrinking, as detectors expect; else bilinear).
+    The exported models' contract names this rule (`pipelines/export/images.RESIZE_RULE`)."""
+    shrink = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 import torch
 from logicad.data import load_split
-from logicad.data.dataset import resize_image
-from logicad.data.images import read_image_rgb
 from logicad.models.base import Method, MethodConfig, build_method, method_class
 from logicad.models.fusion import Fusion
 from logicad.pipelines.cli import main
-from logicad.pipelines.export import images as onnx_images
 from logicad.pipelines.export.contract import CONTRACT_FILE, MODEL_FILE, PARITY_FILE
 from logicad.pipelines.export.errors import ExportError
 from logicad.pipelines.export.onnx_export import export_model
@@ -136,18 +133,6 @@ def test_a_method_that_cannot_export_fails_in_one_line_naming_it_and_writes_noth
     assert "\n" not in message and message.startswith("unexportable: cannot export to ONNX") and "fft" in message
     assert list(tmp_path.iterdir()) == []
     assert "Torch IR graph" not in "".join(capfd.readouterr())  # the exporter's dump of the traced graph
-
-
-def test_the_scorers_decode_and_resize_are_logicads_pixel_for_pixel(small_loco, tmp_path):
-    from PIL import Image
-
-    paths = onnx_images.images_below(small_loco)[:3]
-    grey = tmp_path / "grey.png"
-    Image.fromarray((np.arange(40 * 50) % 256).astype(np.uint8).reshape(40, 50)).save(grey)
-    for path in (*paths, grey):
-        for size in (32, 64, 200):  # shrinking (area) and growing (linear)
-            want = resize_image(read_image_rgb(path), size)
-            assert np.array_equal(onnx_images.resize_square(onnx_images.decode_rgb(path), size), want)
 
 
 def _scores(path: Path) -> dict[str, tuple[float, str]]:
