@@ -39,6 +39,21 @@ def pdn_output_size(image_size: int) -> int:
     return size
 
 
+def pdn_output_centres(image_size: int) -> torch.Tensor:
+    """P input-pixel coordinates (index space: pixel k's centre is k) of the centres of the PDN-S
+    output locations along one side: 4 p + 16 (a valid conv of kernel k shifts by (k - 1) / 2,
+    a 2/2 pool by 0.5 and doubles the step). A target map resampled at these points lines up
+    with the PDN's output; one resized over the whole image does not (off by up to ~17 px at
+    128 px, where the PDN sees only the interior)."""
+    offset, step = 0.0, 1.0
+    for _, kernel, pool in _PDN_KERNELS:
+        offset += step * (kernel - 1) / 2
+        if pool:
+            offset += step * 0.5
+            step *= 2
+    return offset + step * torch.arange(pdn_output_size(image_size), dtype=torch.float32)
+
+
 class PDNSmall(nn.Module):
     """PDN-S: B x 3 x S x S -> B x out_channels x P x P, P = `pdn_output_size(S)`.
 

@@ -621,15 +621,32 @@ def _backbone_model(**overrides) -> DFSC:
     return _model(teacher="backbone", teacher_backbone_weights="", **overrides)
 
 
-def test_backbone_teacher_output_is_the_levels_pooled_resized_and_concatenated():
+def _linear_at(level: torch.Tensor, coords: torch.Tensor, dim: int) -> torch.Tensor:
+    """`level` linearly interpolated at fractional indices `coords` along `dim` (clamped at the edges)."""
+    coords = coords.clamp(0, level.shape[dim] - 1)
+    low = coords.floor().long()
+    high = (low + 1).clamp(max=level.shape[dim] - 1)
+    shape = [1] * level.dim()
+    shape[dim] = -1
+    frac = (coords - low).view(shape)
+    return level.index_select(dim, low) * (1 - frac) + level.index_select(dim, high) * frac
+
+
+def test_backbone_teacher_samples_the_pooled_levels_at_the_pdn_output_centres():
+    """Target location p describes the patch the PDN student's location p sees: 4 p + 16 px at
+    64 px (8 x 8), not a resize of the whole image's features onto 8 x 8."""
     model = _backbone_model()
     images = _images(2, 64)
     levels = model.teacher.backbone(F.interpolate(images, size=128, mode="bilinear", align_corners=False))
     assert [lvl.shape[1] for lvl in levels] == [40, 112] and model.channels == 152
-    expected = torch.cat([F.interpolate(F.avg_pool2d(lvl, 3, 1, 1, count_include_pad=False), size=8,
-                                        mode="bilinear", align_corners=False, antialias=True) for lvl in levels], 1)
+    centres = 4 * torch.arange(8, dtype=torch.float32) + 16  # image px (pixel k's centre is k)
+    expected = []
+    for lvl in levels:
+        pooled = F.avg_pool2d(lvl, 3, 1, 1, count_include_pad=False)
+        at = (centres + 0.5) * pooled.shape[-1] / 64 - 0.5  # the same points in the level's pixels
+        expected.append(_linear_at(_linear_at(pooled, at, 2), at, 3))
     out = model.teacher(images)
-    assert out.shape == (2, 152, 8, 8) and torch.allclose(out, expected, atol=1e-5)
+    assert out.shape == (2, 152, 8, 8) and torch.allclose(out, torch.cat(expected, 1), atol=1e-5)
     assert model.student.conv4.out_channels == 304 and model.autoencoder.head[-1].out_channels == 152
     assert model.teacher_mean.shape == (152,)
 

@@ -10,7 +10,9 @@ student (PDN-S, 2C out) and the autoencoder regress its features directly.
       -> timm features_only levels at `strides` (e.g. 8 and 16)
       -> each level average-pooled k x k, stride 1 (EfficientAD's / PatchCore's local
          aggregation of the distillation target)
-      -> each resized (bilinear, antialiased) to P x P, P = `pdn_output_size(S)`
+      -> each sampled (bilinear) at the centres of the PDN-S output locations, P x P,
+         P = `pdn_output_size(S)` (`pdn_output_centres`: 4 p + 16 px), so that target location
+         p describes the same image patch the student's location p sees
       -> concatenated: B x sum(channels) x P x P (tf_efficientnet_lite0 at 8/16: 40 + 112)
       -> optionally channel-pooled to `max_channels` when that is smaller (PatchCore's
          parameter-free projection)
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import create_backbone
+from ..pdn import pdn_output_centres
 from ..torchvision_ops import import_timm
 
 
@@ -62,6 +65,12 @@ class BackboneTeacher(nn.Module):
         self.backbone_size = backbone_size or 2 * image_size
         self.out_size = out_size
         self.pool = pool
+        # the sampling grid in grid_sample's [-1, 1] frame (align_corners=False: the image's edges)
+        centres = (2 * pdn_output_centres(image_size) + 1) / image_size - 1
+        if centres.numel() != out_size:
+            raise ValueError(f"out_size {out_size} is not the PDN-S output size {centres.numel()} at {image_size} px")
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("grid", torch.stack([x, y], dim=-1)[None], persistent=False)  # 1 x P x P x 2
         total = sum(channels)
         self.out_channels = min(total, max_channels) if max_channels else total
 
@@ -80,8 +89,8 @@ class BackboneTeacher(nn.Module):
             level = level.float()
             if self.pool > 1:
                 level = F.avg_pool2d(level, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
-            maps.append(F.interpolate(level, size=(self.out_size, self.out_size), mode="bilinear",
-                                      align_corners=False, antialias=level.shape[-1] > self.out_size))
+            grid = self.grid.to(level.device).expand(level.shape[0], -1, -1, -1)
+            maps.append(F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=False))
         out = torch.cat(maps, dim=1)  # B x sum(channels) x P x P
         if out.shape[1] != self.out_channels:
             out = _pool_channels(out, self.out_channels)
