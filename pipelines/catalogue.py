@@ -15,7 +15,7 @@ METHODS: dict[str, str] = {
 }
 #: named presets per method (`--preset`)
 PRESETS: dict[str, tuple[str, ...]] = {
-    "dfsc": ("cpu-synthetic", "cpu-synthetic-pretrained"), "glcf": ("cpu-synthetic",), "slsg": ("cpu-synthetic",), "fod": ("cpu-synthetic",),
+    "dfsc": ("cpu-synthetic", "cpu-synthetic-pdn"), "glcf": ("cpu-synthetic",), "slsg": ("cpu-synthetic",), "fod": ("cpu-synthetic",),
     "patchcore": (), "global_gaussian": (),
 }
 #: objectives of a sweep (`tune --objective`)

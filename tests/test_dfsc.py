@@ -654,13 +654,13 @@ def test_backbone_teacher_samples_the_pooled_levels_at_the_pdn_output_centres():
 def test_preset_with_the_backbone_teacher_builds_with_the_shipped_imagenet_weights():
     from logicad.models.backbones import create_backbone
 
-    assert DFSCConfig.build(preset="cpu-synthetic").teacher == "pdn"  # the default stays the measured one
-    config = DFSCConfig.build(preset="cpu-synthetic-pretrained")
+    assert DFSCConfig.build(preset="cpu-synthetic-pdn").teacher == "pdn"  # the random PDN, by name
+    config = DFSCConfig.build(preset="cpu-synthetic")  # the default `logicad train`: pretrained features
     assert config.teacher == "backbone" and config.teacher_backbone_weights == "imagenet-lite0"
     assert config.teacher_strides == (8,)
     assert DFSCConfig.BACKBONE_WEIGHTS == {"teacher_backbone_weights": "teacher_backbone"}
     assert config.backbones_in_use() == DFSCConfig.BACKBONE_WEIGHTS
-    assert DFSCConfig.build(preset="cpu-synthetic").backbones_in_use() == {}  # the plan names no unused backbone
+    assert DFSCConfig.build(preset="cpu-synthetic-pdn").backbones_in_use() == {}  # the plan names no unused one
     model = DFSC(config)
     assert model.channels == 40 and model.teacher(torch.zeros(1, 3, 128, 128)).shape == (1, 40, 24, 24)
     pretrained, _ = create_backbone("tf_efficientnet_lite0", "imagenet-lite0", out_indices=(2,))

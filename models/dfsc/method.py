@@ -110,36 +110,20 @@ class DFSCConfig(MethodConfig):
     ae_augment: str = "none"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # 2 CPU cores, ~4 minutes: 128 px (24 x 24 maps, ~1/4 of the work of 256 px), batch 4,
-        # 600 steps at lr 5e-4 with a ~60-step warm-up (beta2 0.95; the paper's 0.997 would warm
-        # up for ~700 steps), a random-init PDN teacher. Measured on the synthetic set: image
-        # AUROC logical/structural 0.76/0.90 (parts_box), 0.99/0.91 (bottle_label), 0.92/0.89
-        # (screw_kit). It stays the default preset: the pretrained teacher below is not yet
-        # better (seed-0 parts_box 0.50/0.46 at 300 steps, in-process, 2026-12-05), see there.
-        # bf16 autocast where the CPU has native bf16 (about half the step time; scores
-        # correlate 0.99999 with float32), else float32.
+        # 2 CPU cores, ~2 minutes: 128 px (24 x 24 maps, ~1/4 of the work of 256 px), batch 4, 300
+        # steps at lr 5e-4 with a ~60-step warm-up (beta2 0.95; the paper's 0.997 would warm up for
+        # ~700 steps). The teacher is the frozen ImageNet EfficientNet-Lite0 itself (teacher="backbone",
+        # shipped weights: nothing to download or distil first) at stride 8 only (40 channels), its
+        # levels sampled at the PDN-S output centres: its receptive field is close to the PDN
+        # student's (33 px), while stride 16 is context the student cannot regress. Chosen over
+        # the random PDN on the selection set (synthetic seed 1, `benchmarks/quality_synthetic.py
+        # --data-seed 1`, image AUROC logical/structural): 0.877/0.915 (parts_box) and 0.877/1.000
+        # (bottle_label), mean image AUROC 0.918, against the random PDN's 0.740/0.875 and
+        # 0.980/0.988, mean 0.896. Benchmark set (seed 0):
+        # 0.825/0.960 (parts_box), 0.860/0.990 (bottle_label), 0.873/0.905 (screw_kit), 0.580/0.635
+        # (screw_bag), ~100 s of training each. bf16 autocast where the CPU has native bf16
+        # (about half the step time; scores correlate 0.99999 with float32), else float32.
         "cpu-synthetic": {
-            "image_size": 128,
-            "batch_size": 4,
-            "max_steps": 600,
-            "lr": 5e-4,
-            "warmup_beta2": 0.95,
-            "precision": _cpu_bf16(),
-        },
-        # As cpu-synthetic, but the teacher is the frozen ImageNet EfficientNet-Lite0 itself
-        # (teacher="backbone", shipped weights: nothing to download or distil first), stride 8
-        # only (40 channels): its receptive field is close to the PDN student's (33 px), while
-        # stride 16 is context the student cannot regress. Selection set (synthetic seed 1,
-        # parts_box, in-process, 300 steps, image AUROC logical/structural): backbone stride 8
-        # 0.73/0.81; strides 8+16 0.53/0.61; random-init PDN teacher 0.77/0.74. On the seed-0
-        # benchmark set's parts_box it scored 0.50/0.46 (student branch alone 0.27/0.23, the
-        # autoencoder's 0.56/0.50): the student does not learn the pretrained features in 300
-        # CPU steps, so this preset is experimental until measured at more steps. A PDN
-        # distilled from Lite0 (`logicad distill-teacher --backbone tf_efficientnet_lite0
-        # --backbone-weights imagenet-lite0`) did not learn in a CPU budget: 40 steps in 331 s,
-        # loss 0.95-1.04 where 1.0 is the normalised target's variance (EfficientAD distils for
-        # 60k steps, a GPU job).
-        "cpu-synthetic-pretrained": {
             "image_size": 128,
             "batch_size": 4,
             "max_steps": 300,
@@ -149,6 +133,19 @@ class DFSCConfig(MethodConfig):
             "teacher_backbone": "tf_efficientnet_lite0",
             "teacher_backbone_weights": "imagenet-lite0",
             "teacher_strides": (8,),
+            "precision": _cpu_bf16(),
+        },
+        # As before pretrained features: a random-init PDN teacher (EfficientAD's network, no
+        # weights), 600 steps. Benchmark set: 0.76/0.90 (parts_box), 0.99/0.91 (bottle_label),
+        # 0.92/0.89 (screw_kit). A PDN distilled from Lite0 (`logicad distill-teacher --backbone
+        # tf_efficientnet_lite0 --backbone-weights imagenet-lite0`) then `--set teacher_weights=PATH`
+        # gives EfficientAD's fast teacher; it needs a GPU's budget (EfficientAD distils for 60k steps).
+        "cpu-synthetic-pdn": {
+            "image_size": 128,
+            "batch_size": 4,
+            "max_steps": 600,
+            "lr": 5e-4,
+            "warmup_beta2": 0.95,
             "precision": _cpu_bf16(),
         },
     }
