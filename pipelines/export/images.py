@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from logicad.data.errors import DatasetError
 from logicad.data.images import read_image_rgb as decode_rgb
 from logicad.data.images import resize_image as resize_square
 from logicad.data.layouts import images_below
@@ -27,6 +26,6 @@ def readable(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
         try:
             decode_rgb(path)
             good.append(path)
-        except DatasetError as exc:
-            bad.append((path, str(exc).split(": ", 1)[-1][:200]))
+        except Exception as exc:  # PIL and cv2 raise many types for truncated or foreign files
+            bad.append((path, f"{exc.__class__.__name__}: {str(exc)[:160]}"))
     return good, bad

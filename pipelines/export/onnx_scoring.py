@@ -18,8 +18,8 @@ import numpy as np
 
 from .contract import input_size, model_files
 from .errors import OnnxModelError
-from .images import decode_rgb, images_below, readable, resize_square
-from .predictions import Result, write_predictions, write_skipped
+from .images import decode_rgb, resize_square
+from .predictions import Result, images_to_score, write_predictions
 
 
 class OnnxScorer:
@@ -76,13 +76,6 @@ def predict_onnx(model: str | Path, images: Path, out: Path, threshold: float | 
     onnxruntime; writes what the torch path writes; returns the path of scores.csv."""
     scorer = OnnxScorer(model)
     threshold = threshold if threshold is not None else scorer.threshold
-    paths = images_below(images)
-    skipped: list[tuple[Path, str]] = []
-    if skip_unreadable:
-        paths, skipped = readable(paths)
-    out.mkdir(parents=True, exist_ok=True)
-    write_skipped(out, skipped)
-    if not paths:
-        raise OnnxModelError(f"{images}: no readable images to score")
+    paths, skipped = images_to_score(images, out, skip_unreadable)
     results = list(scorer.score_paths(paths, batch_size))
-    return write_predictions(out, images, paths, results, threshold, decode_rgb, len(skipped))
+    return write_predictions(out, images, paths, results, threshold, decode_rgb, skipped)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from logicad.data.errors import DatasetError
+
+from .images import images_below, readable
 
 #: (index into the paths, map at the model's input size, image score)
 Result = tuple[int, np.ndarray, float]
@@ -78,6 +81,20 @@ def write_skipped(out: Path, skipped: Sequence[tuple[Path, str]]) -> None:
     with open(out / "skipped.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("path", "reason"), *((str(p), why) for p, why in skipped)])
     print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.csv'}", flush=True)
+
+
+def images_to_score(images: Path, out: Path, skip_unreadable: bool) -> tuple[list[Path], int]:
+    """(the images below `images` to score, how many were skipped): with `skip_unreadable` those
+    that do not decode are left out and listed in `out/skipped.csv`; a one-line DatasetError
+    when none is left. Creates `out`."""
+    paths, skipped = images_below(images), []
+    if skip_unreadable:
+        paths, skipped = readable(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    write_skipped(out, skipped)
+    if not paths:
+        raise DatasetError(f"{images}: no readable images to score")
+    return paths, len(skipped)
 
 
 def write_predictions(out: Path, images: Path, paths: Sequence[Path], results: Sequence[Result],

@@ -15,34 +15,15 @@ from typing import Any
 
 import torch
 from logicad.data import AnomalyDataset, Sample
-from logicad.data.errors import DatasetError
 from logicad.data.images import read_image_rgb
-from logicad.data.layouts import images_below
 
 from ..evaluate.scoring import score_batches
-from ..export.predictions import (
-    overlay,
-    overlay_name,
-    summary_line,
-    write_predictions,
-    write_skipped,
-)
+from ..export.images import readable
+from ..export.predictions import images_to_score, overlay, overlay_name, summary_line, write_predictions
 from ..train.checkpoints import method_from_payload
 from ..train.progress import Progress
 
 __all__ = ["overlay", "overlay_name", "predict", "readable", "summary_line"]
-
-
-def readable(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(paths that decode, [(path, why) of those that do not])."""
-    good, bad = [], []
-    for path in paths:
-        try:
-            read_image_rgb(path)
-            good.append(path)
-        except Exception as exc:  # PIL and cv2 raise many types for truncated or foreign files
-            bad.append((path, f"{exc.__class__.__name__}: {str(exc)[:160]}"))
-    return good, bad
 
 
 def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float | None = None,
@@ -52,17 +33,10 @@ def predict(payload: dict[str, Any], images: Path, out: Path, threshold: float |
     method = method_from_payload(payload)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threshold = threshold if threshold is not None else payload.get("threshold")
-    paths = images_below(images)
-    skipped: list[tuple[Path, str]] = []
-    if skip_unreadable:
-        paths, skipped = readable(paths)
-    out.mkdir(parents=True, exist_ok=True)
-    write_skipped(out, skipped)
-    if not paths:
-        raise DatasetError(f"{images}: no readable images to score")
+    paths, skipped = images_to_score(images, out, skip_unreadable)
     dataset = AnomalyDataset([Sample(p, 0, "good", "good") for p in paths], method.config.image_size)
     results = list(_score(method.to(device), dataset, device, batch_size, compile))
-    return write_predictions(out, images, paths, results, threshold, read_image_rgb, len(skipped))
+    return write_predictions(out, images, paths, results, threshold, read_image_rgb, skipped)
 
 
 def _score(method, dataset: AnomalyDataset, device: torch.device, batch_size: int, compile: bool | None = None):
