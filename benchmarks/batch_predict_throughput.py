@@ -18,9 +18,9 @@ CPUs as the machine has (`--cpus`); on a shared 2-core machine the figures are r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_runner import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "batch_predict.json"
 
@@ -106,8 +109,7 @@ def main() -> None:
               "image_size": args.image_size, "generated_px": args.size, "shard_size": args.shard_size,
               "cpus": args.cpus, "machine": platform.processor() or platform.machine(),
               "load_average_1m": round(os.getloadavg()[0], 1), "runs": runs}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(RESULTS, record)
     print(f"{'workers':>7} {'images':>6} {'wall s':>7} {'images/s':>9} {'steady images/s':>16}")
     for run in runs:
         print(f"{run['workers']:>7} {run['images']:>6} {run['wall_s']:>7} {run['images_per_s']:>9} "

@@ -22,7 +22,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_runner import timed  # noqa: E402
+from speed_runner import timed, write_json  # noqa: E402
 
 #: name -> (preset, config overrides)
 SETTINGS: dict[str, tuple[str | None, dict[str, Any]]] = {
@@ -89,9 +89,7 @@ def main() -> int:
     result = {"method": "glcf", "device": "cpu", "threads": args.threads, "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "cpu_count": os.cpu_count(), "rows": rows,
               "note": "shared machine: compare rows only with their load averages"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
     print(f"{'setting':8} {'steps/s':>8} {'ms/img@1':>9} {'img/s@16':>9}")
     for r in rows:
         print(f"{r['setting']:8} {r['train_steps_per_s']:8.3f} {r['infer_ms_per_image_batch1']:9.1f} "

@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar per registration
 
 from .catalogue import COMPILE_MODES, DEBUG_BACKENDS, METHODS, OBJECTIVES, PRESETS, methods_help
-from .data_source import cache_dir, remote_data, resolve_data
+from .data_source import MODEL_HELP, add_data_args, cache_dir, positive_int, remote_data, resolve_data
 
 DEFAULT_PRESET = "cpu-synthetic"
 HEADLINE = ("image_auroc_logical", "image_auroc_structural", "image_auroc", "spro_0.05", "pixel_auroc", "aupro_0.3")
@@ -74,14 +74,6 @@ def add_evaluate_maps(sub) -> None:
 
 
 # --- train ------------------------------------------------------------------------------
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="dataset root (default: the synthetic dataset, generated once)")
-    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"],
-                   help="layout of --data (default mvtec_loco; folder: a plain folder of normal images)")
-    p.add_argument("--category", default=None,
-                   help="category folder under --data (e.g. pushpins); default with the synthetic data: its first")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .train.driver import TrainJob, run_train
@@ -163,14 +155,6 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "without --data the synthetic default uses cpu-synthetic")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (e.g. --workers 0 is refused before anything starts)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _method_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, choices=tuple(METHODS), metavar="METHOD",
                    help=f"default: the --config file's method, else dfsc. {methods_help()}")
@@ -179,7 +163,7 @@ def _method_arg(p: argparse.ArgumentParser) -> None:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a method on Ray Train, evaluate it, track it in MLflow")
     _method_arg(p)
-    _data_args(p)
+    add_data_args(p)
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP), 1 or more")
     _config_args(p)
     p.add_argument("--compile-step", default="", choices=("", *COMPILE_MODES, *DEBUG_BACKENDS), metavar="MODE",
@@ -257,17 +241,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def evaluation_dir(output: str | None, method: str, category: str | None) -> Path:
     """--out, refused if it already holds an evaluation (nothing is overwritten), or by default a
     new `outputs/evaluate/<method>-<category>-<time>` folder."""
-    import time
-
     from logicad.models.base import ConfigError
 
+    from .train.run_dirs import new_timestamped_folder
+
     if output is None:
-        base = Path("outputs/evaluate") / f"{method}-{category or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out, n = base, 1
-        while out.exists():
-            n += 1
-            out = base.with_name(f"{base.name}-{n}")
-        return out
+        return new_timestamped_folder(Path("outputs/evaluate"), f"{method}-{category or 'data'}")
     if (Path(output) / "metrics.json").exists():
         raise ConfigError(f"--out {output} already holds an evaluation (metrics.json); choose another folder, "
                           "or leave --out out for a new one under outputs/evaluate")
@@ -276,9 +255,8 @@ def evaluation_dir(output: str | None, method: str, category: str | None) -> Pat
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="re-score a saved model (model.pt, its folder, or a models:/ URI)")
-    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
-                                                  "or a model.pt file or its folder")
-    _data_args(p)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_data_args(p)
     p.add_argument("--out", "--output", dest="output", default=None,
                    help="where metrics.json and the plots are written (default: a new folder "
                         "outputs/evaluate/<method>-<category>-<time>; an existing evaluation is never overwritten)")
@@ -370,7 +348,7 @@ def _storage(args: argparse.Namespace):
 def add_tune(sub) -> None:
     p = sub.add_parser("tune", help="Ray Tune sweep over a method's config keys, tracked in MLflow")
     _method_arg(p)
-    _data_args(p)
+    add_data_args(p)
     p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/<method>.yaml)")
     _config_args(p)  # override the space's preset and fixed keys; a searched key set here is not searched
     p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's budget)")
@@ -451,13 +429,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trained model to ONNX, checked against torch on its validation "
                                       "and test images")
-    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
-                                                  "or a model.pt file or its folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx, the default)")
     p.add_argument("--out", "--output", dest="out", default=None,
                    help="folder to write model.onnx, contract.json and parity.json (must not exist or be empty; "
                         "default: a new outputs/export/<method>-<category>-<UTC time>)")
-    _data_args(p)
+    add_data_args(p)
     p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="images per batch in the parity check (default 8)")
@@ -620,7 +597,7 @@ def add_fuse(sub) -> None:
     p.add_argument("--members", required=True, metavar="URI,URI,...",
                    help="two or more models: models:/NAME/VERSION, models:/NAME@ALIAS (pinned to its version), "
                         "runs:/ID/model, or model folders")
-    _data_args(p)
+    add_data_args(p)
     p.add_argument("--space", default=None, help="search-space YAML (default tune_spaces/fusion.yaml)")
     p.add_argument("--num-samples", type=int, default=None, help="settings tried (default: the space's budget)")
     p.add_argument("--objective", default=None, choices=("synthetic", "labelled", "test"),

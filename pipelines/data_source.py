@@ -1,5 +1,6 @@
 """Where a command's data comes from: --data (a folder or an s3:// root, synced once into the
-node's cache) or, without it, the embedded synthetic dataset (generated once). Shared by the
+node's cache) or, without it, the embedded synthetic dataset (generated once); and the flags
+verbs share (--data/--dataset/--category, --model's help, positive integers). Shared by the
 verbs below the command line, which therefore never import it."""
 
 from __future__ import annotations
@@ -7,6 +8,27 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+
+
+#: help of a verb's --model flag (evaluate, export, threshold)
+MODEL_HELP = "models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, or a model.pt file or its folder"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. --workers 0 is refused before anything starts)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def add_data_args(p: argparse.ArgumentParser, category_help: str | None = None) -> None:
+    """--data, --dataset and --category, as `resolve_data` reads them."""
+    p.add_argument("--data", default=None, help="dataset root (default: the synthetic dataset, generated once)")
+    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"],
+                   help="layout of --data (default mvtec_loco; folder: a plain folder of normal images)")
+    default_help = "category folder under --data (e.g. pushpins); default with the synthetic data: its first"
+    p.add_argument("--category", default=None, help=category_help or default_help)
 
 
 def cache_dir() -> Path:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,12 +113,9 @@ def float32_scoring(method: Method) -> str | None:
 
 def default_out(method: str, category: str | None) -> Path:
     """`outputs/export/<method>-<category>-<UTC time>` (suffixed -2, -3, ... if taken)."""
-    base = Path("outputs/export") / f"{method}-{category or 'data'}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    from ..train.run_dirs import new_timestamped_folder
+
+    return new_timestamped_folder(Path("outputs/export"), f"{method}-{category or 'data'}", utc=True)
 
 
 def check_out(out: Path) -> None:

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..data_source import positive_int
+
 if TYPE_CHECKING:  # imported where used: `logicad --help` builds these flags without torch or numpy
     import numpy as np
 
@@ -31,22 +33,15 @@ READ_THREADS = 8
 
 
 # --- command-line flags ------------------------------------------------------------------------
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def add_batch_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that send `logicad predict` to Ray Data (any of --ray, --workers, --resume)."""
     group = parser.add_argument_group("batch scoring on Ray Data (large folders, s3:// prefixes)")
     group.add_argument("--ray", action="store_true",
                        help="score on Ray Data (the cluster in RAY_ADDRESS, else a local runtime)")
-    group.add_argument("--workers", type=_positive, default=None,
+    group.add_argument("--workers", type=positive_int, default=None,
                        help="scoring actors, one model each, a GPU each when the cluster has GPUs (implies --ray; "
                             "default with --ray: 1)")
-    group.add_argument("--shard-size", type=_positive, default=DEFAULT_SHARD_SIZE,
+    group.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE,
                        help=f"images per shard, the unit written and resumed (default {DEFAULT_SHARD_SIZE})")
     group.add_argument("--resume", action="store_true",
                        help="continue an interrupted batch run in --out: score only the shards not written yet")

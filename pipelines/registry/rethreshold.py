@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # light at import: the CLI builds its parser (add_threshold) without loading torch
+from ..data_source import MODEL_HELP, add_data_args
 from ..evaluate.thresholds import DEFAULT_FPR, ThresholdError, check_fpr, confusion, fpr_threshold
 
 if TYPE_CHECKING:
@@ -143,17 +144,13 @@ def add_threshold(sub) -> None:
     """The `threshold` subcommand's parser."""
     p = sub.add_parser("threshold", help="choose a model's pass/fail threshold again (another FPR or a labelled "
                                          "folder) and write it as a new model")
-    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, "
-                                                  "or a model.pt file or its folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--fpr", type=float, default=DEFAULT_FPR,
                    help=f"false-positive rate on the normal images (default {DEFAULT_FPR}); with n normals it moves "
                         "in steps of 1/n, and below 1/n the threshold is the largest normal score")
     p.add_argument("--labelled", default=None, help="folder with good/ (normal images) and anomalous images in other "
                                                     "subfolders; default: the validation split of --data")
-    p.add_argument("--data", default=None, help="dataset root (default: the synthetic dataset, generated once)")
-    p.add_argument("--dataset", default="mvtec_loco", choices=["mvtec_loco", "mvtec_ad", "folder"],
-                   help="layout of --data (default mvtec_loco)")
-    p.add_argument("--category", default=None, help="category folder under --data (default: the model's own)")
+    add_data_args(p, category_help="category folder under --data (default: the model's own)")
     p.add_argument("--out", "--output", dest="out", required=True,
                    help="new folder for model.pt and threshold.json (an existing model is never overwritten)")
     p.add_argument("--register", action="store_true", help="also register it as a new version of the models:/ model")

@@ -28,9 +28,9 @@ class RunExistsError(ConfigError):
     """A run or sweep name that is taken; the message says how to continue it or pick another."""
 
 
-def timestamped(prefix: str, taken: set[str]) -> str:
-    """`<prefix>-YYYYmmdd-HHMMSS`, with `-2`, `-3`, ... if that name is taken."""
-    name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+def timestamped(prefix: str, taken: set[str], utc: bool = False) -> str:
+    """`<prefix>-YYYYmmdd-HHMMSS` (local time, or UTC), with `-2`, `-3`, ... if that name is taken."""
+    name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime() if utc else time.localtime())}"
     candidate, n = name, 1
     while candidate in taken:
         n += 1
@@ -48,6 +48,13 @@ def refuse_reuse(name: str, taken: set[str], resume: bool, what: str, flag: str,
     if name in taken and not resume:
         raise RunExistsError(f"{what} {name!r} already exists ({where}); pass --resume to continue it or choose "
                              f"another {flag}")
+
+
+def new_timestamped_folder(parent: Path, prefix: str, utc: bool = False) -> Path:
+    """`<parent>/<prefix>-<time>`, a name nothing in `parent` has yet (the folder is not made)."""
+    parent = Path(parent)
+    taken = {p.name for p in parent.iterdir()} if parent.is_dir() else set()
+    return parent / timestamped(prefix, taken, utc)
 
 
 def existing_names(folder: Path) -> set[str]:
