@@ -7,12 +7,18 @@ see METHODS.md):
 * structural: a Perlin-noise mask, kept on the foreground where one is found, blends in a
   texture: one of scikit-image's bundled images (offline) or the image's own patches shuffled,
   with brightness/contrast jitter;
-* logical: parts moved, duplicated, swapped or removed, with content from other normal images:
-  ``misplace`` copies a salient region of another normal to a new position (optionally
-  rotated), ``swap`` replaces a salient region by the same region of another normal, shifted
-  and rotated, ``remove`` fills a salient region with background copied from elsewhere in the
-  image itself. Content is copied with nearest-neighbour warps, so every pasted pixel is a pixel
-  of its source image.
+* logical, on an image of separate objects (two or more found by `object_masks`): a whole
+  object added or taken away, with nothing locally wrong: ``add_object`` places an object of
+  another normal, turned, on free background (one part too many), ``drop_object`` paints one
+  over with background (one too few). A count or arrangement broken without a cut edge is what
+  a logical anomaly is; a cut edge would reward local detectors for a structural cue, and on a
+  random layout (a bag of parts) a moved part is no anomaly at all.
+* logical, on any other image: regions moved, duplicated, swapped or removed with content from
+  other normal images: ``misplace`` copies a salient region of another normal to a new position
+  (optionally rotated), ``swap`` replaces a salient region by the same region of another normal,
+  shifted and rotated, ``remove`` fills a salient region with background copied from elsewhere
+  in the image itself. These use nearest-neighbour warps, so every pasted pixel is a pixel of
+  its source image.
 
 `SyntheticAnomalySet` is fixed by its seed: each image draws from its own generator seeded by
 (seed, kind, index), so the set is byte-identical for every trial of a sweep and does not depend
@@ -41,8 +47,10 @@ TEXTURE_NAMES = ("brick", "grass", "gravel", "moon", "camera", "coffee", "chelse
 MIN_MASK_FRACTION, MAX_MASK_FRACTION = 0.005, 0.3  # bounds on a Perlin mask's area
 STRUCTURAL_THRESHOLD = 0.6  # Perlin threshold of structural masks: ~3-10% of the image
 SELF_TEXTURE_P = 0.25  # chance that a structural anomaly uses the image's own shuffled patches
-LOGICAL_MODES = ("misplace", "swap", "remove")
-CANDIDATES = 3  # logical candidates drawn per image; the most visible one is kept
+#: edits of regions (any image), and of whole objects (images of separate objects)
+REGION_MODES, OBJECT_MODES = ("misplace", "swap", "remove"), ("add_object", "drop_object")
+LOGICAL_MODES = REGION_MODES + OBJECT_MODES
+CANDIDATES = 3  # region-edit candidates drawn per image; the most visible one is kept
 REGION_SIZE = (0.12, 0.3)  # logical region extent, fraction of the shorter side
 
 
@@ -254,14 +262,14 @@ def _region(hw: tuple[int, int], centre: Point, rng: Rng) -> np.ndarray:
     return region
 
 
-def _warp(image: np.ndarray, src: Point, dst: Point, angle: float) -> np.ndarray:
+def _warp(image: np.ndarray, src: Point, dst: Point, angle: float, border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
     """`image` moved so its point `src` lands on `dst`, rotated there by `angle` degrees.
-    Nearest-neighbour with reflected borders: every output pixel is a pixel of `image`."""
+    Nearest-neighbour with reflected borders (`border`): every output pixel is a pixel of `image`."""
     rotation = cv2.getRotationMatrix2D((0.0, 0.0), angle, 1.0)[:, :2]
     offset = np.asarray(dst) - rotation @ np.asarray(src)
     matrix = np.hstack([rotation, offset[:, None]])
     H, W = image.shape[:2]
-    return cv2.warpAffine(image, matrix, (W, H), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(image, matrix, (W, H), flags=cv2.INTER_NEAREST, borderMode=border)
 
 
 def _margin(hw: tuple[int, int]) -> float:
@@ -304,8 +312,112 @@ def _remove(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candid
     return _warp(image, src, dst, 0.0), _region(hw, dst, rng)
 
 
+# --------------------------------------------------------------------------- whole objects
+def object_masks(image: np.ndarray) -> list[np.ndarray]:
+    """The separate objects of an image: connected regions unlike their local background (a
+    median blur a sixth of the shorter side wide), thin lines (creases, edges) opened away,
+    each 0.1-6% of the image, at most half its shorter side across and clear of the border. Bool H x W masks, largest first."""
+    H, W = image.shape[:2]
+    k = max(3, (min(H, W) // 6) | 1)
+    background = cv2.medianBlur(image, min(k, 255))
+    distance = cv2.absdiff(image, background).max(axis=2)
+    threshold = max(25.0, cv2.threshold(distance, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
+    radius = max(1, min(H, W) // 128)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    found = cv2.morphologyEx((distance > threshold).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    found = cv2.dilate(found, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
+    masks = []
+    for label in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
+        x, y, w, h, area = stats[label]
+        compact = max(w, h) <= 0.5 * min(H, W)
+        if 0.001 * H * W <= area <= 0.06 * H * W and compact and x > 0 and y > 0 and x + w < W and y + h < H:
+            masks.append(labels == label)
+    return masks
+
+
+def _free_background(image: np.ndarray) -> np.ndarray:
+    """Where a new object may go: the product's area (`foreground_mask`, or everything) with every
+    object of the image, widened, taken out."""
+    hw = image.shape[:2]
+    place = foreground_mask(image)
+    place = np.ones(hw, bool) if place is None else place
+    objects = object_masks(image)
+    if objects:
+        radius = max(1, min(hw) // 64)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        place &= ~cv2.dilate(np.any(objects, axis=0).astype(np.uint8), kernel).astype(bool)
+    return place
+
+
+def _whole_objects(image: np.ndarray) -> list[np.ndarray]:
+    """`object_masks` without fragments: those at least a third of the largest object's area."""
+    objects = object_masks(image)
+    return [m for m in objects if m.sum() >= objects[0].sum() / 3] if objects else []
+
+
+def _paste(image: np.ndarray, source: np.ndarray, shape: np.ndarray, src: Point, dst: Point,
+           angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """`source`'s object `shape` moved from `src` to `dst` and turned by `angle`, blended in with
+    bilinear, antialiased edges (as a rendered or photographed part has them, not a cut-out's
+    jagged ones). Returns (image', footprint)."""
+    rotation = cv2.getRotationMatrix2D((0.0, 0.0), angle, 1.0)[:, :2]
+    matrix = np.hstack([rotation, (np.asarray(dst) - rotation @ np.asarray(src))[:, None]])
+    H, W = image.shape[:2]
+    moved = cv2.warpAffine(source, matrix, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    alpha = cv2.warpAffine(shape.astype(np.float32), matrix, (W, H), flags=cv2.INTER_LINEAR)
+    alpha = cv2.GaussianBlur(alpha, (3, 3), 0.6)[..., None]
+    out = np.rint(alpha * moved + (1 - alpha) * image).astype(np.uint8)
+    return out, alpha[..., 0] > 0.05
+
+
+def _add_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidate:
+    """A whole object of another normal image (its own pixels, no patch of background around
+    it) placed, turned, where this image shows free background: one part too many, the count
+    rule broken with nothing locally wrong. The best of 16 places."""
+    other = others[int(rng.integers(len(others)))]
+    objects = _whole_objects(other)
+    if not objects:
+        return _misplace(image, others, rng)
+    shape = objects[int(rng.integers(len(objects)))]
+    ys, xs = np.nonzero(shape)
+    src = (float(xs.mean()), float(ys.mean()))
+    free = _free_background(image)
+    angle = float(rng.uniform(-180, 180))
+    best, best_outside = (0.0, 0.0), np.inf
+    for _ in range(16):
+        dst = _pick_point(free.astype(np.float32), rng, 0)
+        footprint = _warp(shape.astype(np.uint8), src, dst, angle, cv2.BORDER_CONSTANT).astype(bool)
+        outside = (footprint & ~free).sum() / max(1, footprint.sum())
+        if outside < best_outside:
+            best, best_outside = dst, outside
+        if outside == 0:
+            break
+    return _paste(image, other, shape, src, best, angle)
+
+
+def _drop_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidate:
+    """A whole object painted over by background: one part too few, with no cut edge left
+    behind. The background is the same place of another normal image (of four tried) where it is free
+    (its own film, creases and grain: random layouts), else OpenCV's Telea inpainting of the
+    object's slightly widened mask (fixed layouts, where every normal has a part there)."""
+    objects = _whole_objects(image)
+    if not objects:
+        return _remove(image, others, rng)
+    mask = objects[int(rng.integers(len(objects)))]
+    wide = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    for k in rng.permutation(len(others))[:4]:
+        if _free_background(others[k])[wide].mean() >= 0.98:
+            ring = cv2.dilate(wide.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~wide
+            fill = others[k].astype(np.float32) + (image[ring].mean(axis=0) - others[k][ring].mean(axis=0))
+            alpha = np.maximum(cv2.GaussianBlur(wide.astype(np.float32), (5, 5), 1.0), mask)[..., None]
+            return np.clip(np.rint(alpha * fill + (1 - alpha) * image), 0, 255).astype(np.uint8), wide
+    radius = max(3, min(image.shape[:2]) // 32)
+    return cv2.inpaint(image, wide.astype(np.uint8), radius, cv2.INPAINT_TELEA), wide
+
+
 LOGICAL: dict[str, Callable[[np.ndarray, Sequence[np.ndarray], Rng], Candidate]] = {
-    "misplace": _misplace, "swap": _swap, "remove": _remove,
+    "misplace": _misplace, "swap": _swap, "remove": _remove, "add_object": _add_object, "drop_object": _drop_object,
 }
 
 
@@ -317,15 +429,19 @@ def _visible_change(image: np.ndarray, candidate: Candidate) -> float:
 def logical_anomaly(
     image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, mode: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Move, duplicate, swap or remove a part of `image` (uint8 H x W x 3) using other normal
-    images of its category (`others`, same size; empty: the image mirrored). `mode`: one of
-    LOGICAL_MODES, default random. Of CANDIDATES draws the most visible is kept. Returns
-    (image', mask); pixels outside the mask are untouched, inside they are copied pixels."""
-    mode = mode or LOGICAL_MODES[int(rng.integers(len(LOGICAL_MODES)))]
+    """Add, remove, move or swap a part of `image` (uint8 H x W x 3) using other normal images
+    of its category (`others`, same size; empty: the image mirrored). `mode`: one of
+    LOGICAL_MODES; default a random one of OBJECT_MODES when the image shows two or more whole
+    objects, else of REGION_MODES. Of CANDIDATES region edits the most visible is kept. Returns
+    (image', mask); pixels outside the mask are untouched."""
+    if mode is None:
+        modes = OBJECT_MODES if len(_whole_objects(image)) >= 2 else REGION_MODES
+        mode = modes[int(rng.integers(len(modes)))]
     if mode not in LOGICAL:
         raise ValueError(f"unknown logical anomaly mode {mode!r}; expected one of {list(LOGICAL_MODES)}")
     others = list(others) or [np.ascontiguousarray(image[:, ::-1])]
-    candidates = [LOGICAL[mode](image, others, rng) for _ in range(CANDIDATES)]
+    draws = 1 if mode in OBJECT_MODES else CANDIDATES  # a whole object is always visible
+    candidates = [LOGICAL[mode](image, others, rng) for _ in range(draws)]
     source, mask = max(candidates, key=lambda c: _visible_change(image, c))
     return np.where(mask[..., None], source, image), mask
 

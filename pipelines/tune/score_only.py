@@ -66,14 +66,22 @@ def check_score_only(space: SearchSpace, method: Method, path: str) -> None:
                                   f"{exc}") from None
 
 
-def objective_set(method: Method, objective: str, dataset: str, root: str, category: str | None, seed: int):
-    """The images a trial is scored on: synthesised anomalies from validation normals, or the test split."""
+#: synthetic anomalies of each kind per validation normal in a score-only sweep: its images are
+#: scored once, so four times the trained sweeps' one costs little and steadies the objective
+SCORE_ONLY_PER_NORMAL = 4
+
+
+def objective_set(method: Method, objective: str, dataset: str, root: str, category: str | None, seed: int,
+                  per_normal: int = SCORE_ONLY_PER_NORMAL):
+    """The images a trial is scored on: the test split, or the validation normals with
+    `per_normal` synthesised anomalies of each kind per normal."""
     size = method.config.image_size
     if objective == "test":
         return load_split(dataset, root, category, "test", size)
     from logicad.data.anomaly_synthesis import SyntheticAnomalySet
 
-    return SyntheticAnomalySet(load_split(dataset, root, category, "validation", size), seed=seed)
+    normals = load_split(dataset, root, category, "validation", size)
+    return SyntheticAnomalySet(normals, seed=seed, n_per_kind=per_normal * len(normals))
 
 
 @torch.no_grad()
