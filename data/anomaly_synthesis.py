@@ -426,6 +426,12 @@ def _visible_change(image: np.ndarray, candidate: Candidate) -> float:
     return float(np.abs(source[mask].astype(np.int16) - image[mask]).mean())
 
 
+def logical_modes_for(image: np.ndarray) -> tuple[str, ...]:
+    """The modes a logical anomaly of `image` is drawn from: OBJECT_MODES when it shows two or
+    more whole objects, else REGION_MODES."""
+    return OBJECT_MODES if len(_whole_objects(image)) >= 2 else REGION_MODES
+
+
 def logical_anomaly(
     image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, mode: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -435,7 +441,7 @@ def logical_anomaly(
     objects, else of REGION_MODES. Of CANDIDATES region edits the most visible is kept. Returns
     (image', mask); pixels outside the mask are untouched."""
     if mode is None:
-        modes = OBJECT_MODES if len(_whole_objects(image)) >= 2 else REGION_MODES
+        modes = logical_modes_for(image)
         mode = modes[int(rng.integers(len(modes)))]
     if mode not in LOGICAL:
         raise ValueError(f"unknown logical anomaly mode {mode!r}; expected one of {list(LOGICAL_MODES)}")

@@ -12,8 +12,12 @@ from PIL import Image
 
 from logicad.data import AnomalyDataset, Sample, load_split
 from logicad.data.anomaly_synthesis import (
+    OBJECT_MODES,
+    REGION_MODES,
     SyntheticAnomalySet,
     logical_anomaly,
+    logical_modes_for,
+    object_masks,
     perlin_mask,
     perlin_noise,
     structural_anomaly,
@@ -109,6 +113,61 @@ def test_logical_anomaly_without_others_uses_the_image_mirrored(normals):
     assert np.isin(_codes(out[changed]), _codes(image)).all()
     with pytest.raises(ValueError, match="unknown logical anomaly mode"):
         logical_anomaly(image, [], np.random.default_rng(0), "teleport")
+
+
+@pytest.fixture(scope="module")
+def bag_normals(tmp_path_factory) -> AnomalyDataset:
+    """Validation normals of the synthetic screw_bag (six separate items at random places), 128 px."""
+    root = tmp_path_factory.mktemp("bag")
+    make_synthetic(root, SyntheticSpec(size=128, n_train=1, n_validation=6, n_test_good=1, n_test_logical=1,
+                                       n_test_structural=1), ["screw_bag"])
+    return load_split("mvtec_loco", root, "screw_bag", "validation", 128)
+
+
+def _whole_count(image: np.ndarray) -> int:
+    objects = object_masks(image)
+    return sum(m.sum() >= objects[0].sum() / 3 for m in objects) if objects else 0
+
+
+def test_object_masks_find_the_separate_items_of_a_bag_and_none_on_a_plain_image(bag_normals):
+    counts = [_whole_count(image) for image in bag_normals.images]
+    assert all(5 <= c <= 8 for c in counts), counts  # six items; a washer may split, two may touch
+    plain = np.full((128, 128, 3), 120, np.uint8)
+    assert object_masks(plain) == [] and logical_modes_for(plain) == REGION_MODES
+    assert all(logical_modes_for(image) == OBJECT_MODES for image in bag_normals.images)
+
+
+def test_add_object_puts_one_whole_object_more_on_free_background_changing_only_its_mask(bag_normals):
+    images = bag_normals.images
+    for seed in range(6):
+        image = images[seed]
+        out, mask = logical_anomaly(image, images[:seed] + images[seed + 1:], np.random.default_rng(seed), "add_object")
+        assert not _changed(image, out)[~mask].any() and _changed(image, out)[mask].mean() > 0.5
+        assert 0.001 < mask.mean() < 0.06
+        assert not (np.any(object_masks(image), axis=0) & mask).any()  # on free background: no item under it
+        assert np.abs(out[mask].astype(int) - image[mask]).mean() > 15  # an item where there was film
+
+
+def test_drop_object_paints_one_whole_object_over_with_background(bag_normals):
+    images = bag_normals.images
+    fewer = 0
+    for seed in range(6):
+        image = images[seed]
+        out, mask = logical_anomaly(image, images[:seed] + images[seed + 1:], np.random.default_rng(seed), "drop_object")
+        assert not _changed(image, out)[~mask].any() and mask.any()
+        fewer += _whole_count(out) < _whole_count(image)
+        assert np.abs(out[mask].astype(int) - np.median(out[~mask & (out.std(axis=2) < 8)], axis=0)).mean() < 40
+    assert fewer >= 5
+
+
+def test_a_bag_s_default_logical_anomalies_are_whole_object_edits(bag_normals):
+    ds = SyntheticAnomalySet(bag_normals, seed=0, n_per_kind=12)
+    n = len(bag_normals)
+    for i in range(12):
+        changed = _changed(bag_normals.images[i % n], ds.images[n + i])
+        assert changed.any() and not changed[~ds.masks[n + i]].any()
+    counts = [_whole_count(ds.images[n + i]) - _whole_count(bag_normals.images[i % n]) for i in range(12)]
+    assert {-1, 1} <= set(counts)  # both an item too many and one too few are drawn
 
 
 def test_set_has_the_expected_counts_labels_kinds_and_paths(normals):

@@ -154,7 +154,7 @@ def test_a_registered_fusion_scores_alike_in_a_fresh_process(fused, registry, sm
                                          Path(registry["uri"].removeprefix("sqlite:///")), small_loco, category)
 
 
-def test_the_fusion_objective_reads_no_test_image_unless_asked(registry, small_loco, category, monkeypatch):
+def test_the_fusion_objective_reads_validation_images_only_with_four_anomalies_of_each_kind_per_normal(registry, small_loco, category, monkeypatch):
     from logicad.pipelines.tune import fusion as fusion_cli
 
     seen = []
@@ -176,6 +176,8 @@ def test_the_fusion_objective_reads_no_test_image_unless_asked(registry, small_l
     assert objective == "synthetic"
     paths = [str(s.path) for s in images.samples]
     assert paths and all("/validation/" in p for p in paths)
+    kinds = images.kinds  # four synthesised anomalies of each kind per validation normal
+    assert kinds.count("logical") == kinds.count("structural") == 4 * kinds.count("good") > 0
 
 
 def test_a_member_that_cannot_be_loaded_fails_in_one_line_naming_it(capsys, registry, small_loco, category):
