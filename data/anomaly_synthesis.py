@@ -262,9 +262,11 @@ def _region(hw: tuple[int, int], centre: Point, rng: Rng) -> np.ndarray:
     return region
 
 
-def _warp(image: np.ndarray, src: Point, dst: Point, angle: float, border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+def _warp(image: np.ndarray, src: Point, dst: Point, angle: float,
+          border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
     """`image` moved so its point `src` lands on `dst`, rotated there by `angle` degrees.
-    Nearest-neighbour with reflected borders (`border`): every output pixel is a pixel of `image`."""
+    Nearest-neighbour with reflected borders: every output pixel is a pixel of `image`
+    (`border` cv2.BORDER_CONSTANT: zeros outside it instead, for masks)."""
     rotation = cv2.getRotationMatrix2D((0.0, 0.0), angle, 1.0)[:, :2]
     offset = np.asarray(dst) - rotation @ np.asarray(src)
     matrix = np.hstack([rotation, offset[:, None]])
@@ -316,7 +318,8 @@ def _remove(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candid
 def object_masks(image: np.ndarray) -> list[np.ndarray]:
     """The separate objects of an image: connected regions unlike their local background (a
     median blur a sixth of the shorter side wide), thin lines (creases, edges) opened away,
-    each 0.1-6% of the image, at most half its shorter side across and clear of the border. Bool H x W masks, largest first."""
+    each 0.1-6% of the image, at most half its shorter side across and clear of the border.
+    Bool H x W masks, largest first."""
     H, W = image.shape[:2]
     k = max(3, (min(H, W) // 6) | 1)
     background = cv2.medianBlur(image, min(k, 255))
@@ -326,7 +329,7 @@ def object_masks(image: np.ndarray) -> list[np.ndarray]:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     found = cv2.morphologyEx((distance > threshold).astype(np.uint8), cv2.MORPH_OPEN, kernel)
     found = cv2.dilate(found, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
     masks = []
     for label in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
         x, y, w, h, area = stats[label]
@@ -398,9 +401,10 @@ def _add_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Ca
 
 def _drop_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidate:
     """A whole object painted over by background: one part too few, with no cut edge left
-    behind. The background is the same place of another normal image (of four tried) where it is free
-    (its own film, creases and grain: random layouts), else OpenCV's Telea inpainting of the
-    object's slightly widened mask (fixed layouts, where every normal has a part there)."""
+    behind. The background is the same place of another normal image (of four tried) where it
+    is free there (real film, creases and grain: random layouts), its mean colour matched to the
+    ring around the object; else OpenCV's Telea inpainting of the object's slightly widened mask
+    (fixed layouts, where every normal has a part there)."""
     objects = _whole_objects(image)
     if not objects:
         return _remove(image, others, rng)

@@ -153,7 +153,8 @@ def test_drop_object_paints_one_whole_object_over_with_background(bag_normals):
     fewer = 0
     for seed in range(6):
         image = images[seed]
-        out, mask = logical_anomaly(image, images[:seed] + images[seed + 1:], np.random.default_rng(seed), "drop_object")
+        others = images[:seed] + images[seed + 1:]
+        out, mask = logical_anomaly(image, others, np.random.default_rng(seed), "drop_object")
         assert not _changed(image, out)[~mask].any() and mask.any()
         fewer += _whole_count(out) < _whole_count(image)
         assert np.abs(out[mask].astype(int) - np.median(out[~mask & (out.std(axis=2) < 8)], axis=0)).mean() < 40

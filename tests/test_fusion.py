@@ -154,7 +154,8 @@ def test_a_registered_fusion_scores_alike_in_a_fresh_process(fused, registry, sm
                                          Path(registry["uri"].removeprefix("sqlite:///")), small_loco, category)
 
 
-def test_the_fusion_objective_reads_validation_images_only_with_four_anomalies_of_each_kind_per_normal(registry, small_loco, category, monkeypatch):
+def test_the_fusion_objective_reads_validation_images_only_with_four_anomalies_of_each_kind_per_normal(
+        registry, small_loco, category, monkeypatch):
     from logicad.pipelines.tune import fusion as fusion_cli
 
     seen = []

@@ -3,8 +3,8 @@
 MVTec LOCO's validation split holds only normal images, so tuning on test AUROC would
 leak the test set. The default objective ("synthetic") is the image AUROC of
 validation normals against anomalies synthesised from them (structural: Perlin-masked
-textures; logical: parts moved, removed or duplicated from other normals), fixed by
-seed so every trial sees the same images. "test" scores the test split instead, for
+textures; logical: whole objects added or taken away, or regions moved, swapped or removed;
+see `logicad.data.anomaly_synthesis`), fixed by seed so every trial sees the same images. "test" scores the test split instead, for
 paper-style reproduction, and is recorded as such.
 """
 

@@ -136,8 +136,9 @@ def run_score_only_sweep(method: Method, space: SearchSpace, parts: dict, kinds:
         trainable,
         param_space=to_tune(space),
         tune_config=TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
-                               search_alg=search_algorithm(space), max_concurrent_trials=space.budget_value("max_concurrent", 0)
-                               or None, reuse_actors=True),  # a trial takes ms; a fresh actor, seconds
+                               search_alg=search_algorithm(space),
+                               max_concurrent_trials=space.budget_value("max_concurrent", 0) or None,
+                               reuse_actors=True),  # a trial takes ms; a fresh actor, seconds
         run_config=RunConfig(name=name, storage_path=str(Path(storage).absolute()), verbose=0),
     )
     return tuner.fit()
