@@ -457,6 +457,22 @@ def logical_anomaly(
 
 
 # ------------------------------------------------------------------------------------------ set
+def _texture_family(image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    return structural_anomaly(image, rng)
+
+
+def _drawn_family(image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    from .drawn_defects import drawn_anomaly
+
+    return drawn_anomaly(image, rng)
+
+
+#: structural anomaly families: Perlin-masked texture blends (`structural_anomaly`, the family
+#: SLSG's anomaly simulation trains on) and drawn scratches, stains and dents (`drawn_defects`)
+STRUCTURAL_FAMILIES: dict[str, Callable[[np.ndarray, Rng], tuple[np.ndarray, np.ndarray]]] = {
+    "texture": _texture_family, "drawn": _drawn_family}
+
+
 class SyntheticAnomalySet(Dataset):
     """Validation normals + anomalies synthesised from them, fixed by seed.
 
@@ -464,17 +480,23 @@ class SyntheticAnomalySet(Dataset):
     'logical' | 'structural'), kind_id, mask (S x S long: 0, or 1 inside the synthetic defect),
     orig_size (S, S: the masks' size), path (str: '<source path>#synthetic-<kind>-<i>'), index.
     Order: the normals, then `n_per_kind` logical, then `n_per_kind` structural anomalies
-    (anomaly i is made from normal i mod N). `images`, `masks` (bool), `labels`, `kinds`,
-    `samples` and `orig_sizes` hold everything, made once in the constructor.
+    (anomaly i is made from normal i mod N; structural anomaly i is of the i mod F-th of the F
+    `structural_families`, keys of STRUCTURAL_FAMILIES, default all). `images`, `masks` (bool),
+    `labels`, `kinds`, `samples` and `orig_sizes` hold everything, made once in the constructor.
     """
 
     def __init__(
-        self, normals: AnomalyDataset, seed: int = 0, n_per_kind: int | None = None, transform: Callable | None = None
+        self, normals: AnomalyDataset, seed: int = 0, n_per_kind: int | None = None, transform: Callable | None = None,
+        structural_families: Sequence[str] | None = None,
     ) -> None:
         if len(normals) == 0:
             raise ValueError("SyntheticAnomalySet needs at least one normal image")
         if seed < 0 or (n_per_kind is not None and n_per_kind < 0):
             raise ValueError(f"seed and n_per_kind must be >= 0, got seed={seed}, n_per_kind={n_per_kind}")
+        families = list(STRUCTURAL_FAMILIES) if structural_families is None else list(structural_families)
+        if not families or not set(families) <= set(STRUCTURAL_FAMILIES):
+            raise ValueError(f"structural_families must be one or more of {list(STRUCTURAL_FAMILIES)}, got {families}")
+        self.structural_families = families
         self.seed = seed
         self.image_size = normals.image_size
         self.transform = transform or eval_transform()
@@ -503,7 +525,8 @@ class SyntheticAnomalySet(Dataset):
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, KIND_IDS[kind], i]))
         k = i % len(normals)
         if kind == "structural":
-            return structural_anomaly(normals[k], rng)
+            family = self.structural_families[i % len(self.structural_families)]
+            return STRUCTURAL_FAMILIES[family](normals[k], rng)
         return logical_anomaly(normals[k], [im for j, im in enumerate(normals) if j != k], rng)
 
     def __len__(self) -> int:

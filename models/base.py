@@ -243,6 +243,12 @@ class Method(nn.Module):
         """Losses for one batch; key `loss` is back-propagated."""
         raise NotImplementedError
 
+    def training_views(self) -> list[dict[str, Any]]:
+        """Every training-set view spec (`Stage.data`) this model learnt from, known without building
+        the stages (the loop checks that its stages' views are listed): the tuning objective leaves
+        out the synthetic anomaly families a model learnt from."""
+        return []
+
     def start_stage(self, stage: str) -> None:
         """Hook before a stage's first step, and when a run resumes inside it (e.g. freeze an
         encoder that the previous stage trained); default nothing."""

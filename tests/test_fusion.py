@@ -133,6 +133,18 @@ def test_fuse_registers_one_model_that_pins_each_members_version(fused, category
     assert record["image_auroc"] is not None and record["threshold"] is not None
 
 
+def test_fuse_records_what_each_member_and_the_chosen_fusion_scored_on_the_objective(fused, registry):
+    import mlflow.tracking
+
+    record = json.loads((fused["run_dir"] / "metrics.json").read_text())
+    assert list(record["members_on_objective"]) == list(record["members"])
+    for aurocs in [*record["members_on_objective"].values(), record["fusion_on_objective"]]:
+        assert 0.0 <= aurocs["image_auroc_logical"] <= 1.0 and 0.0 <= aurocs["image_auroc_structural"] <= 1.0
+    assert record["fusion_on_objective"]["image_auroc"] == pytest.approx(record["best_objective"])
+    logged = mlflow.tracking.MlflowClient(registry["uri"]).get_run(fused["version"].run_id).data.metrics
+    assert {"member0_objective_auroc_logical", "member1_objective_auroc_structural", "objective_auroc"} <= set(logged)
+
+
 def test_a_new_member_version_does_not_change_the_registered_fusion(fused, registry, small_loco, category):
     from logicad.pipelines.registry.pyfunc import load_method_any
 

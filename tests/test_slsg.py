@@ -405,3 +405,21 @@ def test_shipped_search_spaces_load_with_slsg_keys():
     ablation = load_space(root / "slsg_ablation.yaml", "slsg")
     assert set(ablation.space) == {"p_logical", "skip_gpt", "use_sg_block"}
     assert all("grid" in spec for spec in ablation.space.values())
+
+
+def test_slsg_lists_its_simulation_view_so_the_objective_holds_out_the_texture_family():
+    from logicad.pipelines.tune.objective import held_out_families
+
+    model = _model()
+    seg, = [stage for stage in model.stages() if stage.data]
+    assert model.training_views() == [seg.data]
+    assert held_out_families(model) == ["drawn"]
+
+
+def test_a_fusion_with_an_slsg_member_holds_out_the_family_slsg_learnt_from():
+    from logicad.models.fusion import Fusion
+    from logicad.pipelines.tune.objective import held_out_families
+
+    slsg, gaussian = _model(), build_method("global_gaussian", image_size=64)
+    assert held_out_families(Fusion.from_members([("a", slsg), ("b", gaussian)])) == ["drawn"]
+    assert held_out_families(Fusion.from_members([("b", gaussian), ("c", gaussian)])) == ["texture", "drawn"]

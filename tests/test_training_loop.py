@@ -70,6 +70,9 @@ class Toy(Method):
             Stage("view", 2, torch.optim.SGD(self.head.parameters(), lr=c.lr), data={"view": "toy_tagged", "tag": 7}),
         ]
 
+    def training_views(self) -> list[dict[str, Any]]:
+        return [{"view": "toy_tagged", "tag": 7}]
+
     def start_stage(self, stage: str) -> None:
         Toy.log.append(("start", stage))
 
@@ -180,3 +183,10 @@ def test_an_unknown_view_fails_naming_the_registered_ones():
     with pytest.raises(DatasetError, match="unknown training-set view 'nope'.*toy_tagged"):
         training_view([1, 2], {"view": "nope"})
     assert "toy_tagged" in VIEWS
+
+
+def test_a_stage_view_missing_from_training_views_fails_before_any_step(small_loco, category, monkeypatch):
+    monkeypatch.setattr(Toy, "training_views", lambda self: [])
+    with pytest.raises(RuntimeError, match=r"toy: training_views\(\) does not list the views its stages train on"):
+        run_loop(_spec(small_loco, category), LocalSession())
+    assert not [entry for entry in Toy.log if entry[0] == "batch"]

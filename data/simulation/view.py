@@ -184,7 +184,7 @@ class AnomalySimulationView(Dataset):
         return item
 
 
-@register_view("anomaly_simulation")
+@register_view("anomaly_simulation", synthesises=("texture",))  # Perlin-masked texture blends
 def anomaly_simulation_view(dataset, options: Mapping[str, Any], seed: int) -> AnomalySimulationView:
     """Registered builder: `Stage.data = {"view": "anomaly_simulation", **options}`."""
     return AnomalySimulationView(dataset, SimulationOptions.from_mapping(options), seed)

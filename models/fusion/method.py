@@ -109,6 +109,10 @@ class Fusion(Method):
     def stages(self) -> list:
         return []  # nothing to train: `finalize` fits the normalisation
 
+    def training_views(self) -> list[dict[str, Any]]:
+        """Every member's: the fusion's objective must not score anomalies a member learnt from."""
+        return [view for member in self.members for view in member.training_views()]
+
     # --- members ----------------------------------------------------------------------
     @torch.no_grad()
     def member_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

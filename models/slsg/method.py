@@ -287,9 +287,14 @@ class SLSG(Method):
         opt = self.optimizer(torch.optim.SGD, self.segnet.parameters(), lr=c.lr, momentum=c.momentum,
                              weight_decay=c.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, seg_steps))
-        view = {"view": "anomaly_simulation", **{k: _plain(getattr(c, k)) for k in SIMULATION_KEYS}}
+        view, = self.training_views()
         stages.append(Stage("seg", seg_steps, opt, scheduler, batch_size=c.batch_size, data=view))
         return stages
+
+    def training_views(self) -> list[dict[str, Any]]:
+        """The segmentation stage's simulated anomalies (the `anomaly_simulation` view)."""
+        c = self.config
+        return [{"view": "anomaly_simulation", **{k: _plain(getattr(c, k)) for k in SIMULATION_KEYS}}]
 
     def start_stage(self, stage: str) -> None:
         """gpt: the encoder trains. seg: the encoder is frozen (no gradients), its BatchNorm

@@ -37,7 +37,7 @@ from ..evaluate.metrics import image_aurocs
 from ..evaluate.scoring import evaluate_to_dir
 from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, ModelFileError, save_model
-from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep
+from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, score_setting
 from .search_space import SPACES_DIR, SearchSpace, load_space
 
 DEFAULT_SPACE = SPACES_DIR / "fusion.yaml"
@@ -189,9 +189,14 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     validation = load_split(job.dataset, job.data_root, job.category, "validation", fusion.config.image_size)
     fusion.finalize(torch.utils.data.DataLoader(validation, batch_size=fusion.config.batch_size))
     parts, kinds = cache_parts(fusion, images, device)
+    families = getattr(images, "structural_families", None)  # of a synthetic objective
     print(f"fusion of {len(members)} members ({', '.join(r for r, _ in members)}): normalisation fitted on "
           f"{len(validation)} validation normals, {len(kinds)} {objective}-objective images cached in "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
+          f"{time.perf_counter() - start:.1f} s" + (f"; structural anomaly families {', '.join(families)}"
+                                                    if families else ""), flush=True)
+    on_objective = dict(zip((r for r, _ in members), member_aurocs(fusion, parts, kinds)))
+    for ref, aurocs in on_objective.items():
+        print(f"  {ref} on the {objective} objective: {_aurocs_line(aurocs)}", flush=True)
     from ..train.driver import ensure_ray
 
     ensure_ray()
@@ -202,15 +207,24 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     frame = results.get_dataframe()
     params, best_value = choose_setting(frame, space)
     fusion.config = fusion.config.replace(**{**space.fixed, **params})
-    record = _evaluate_and_save(job, fusion, members, name, objective, best_value, params, len(frame),
-                                time.perf_counter() - start)
-    return record
+    sweep = {"objective": objective, "objective_structural_families": families,
+             "best_objective": best_value, "best_params": params, "trials": len(frame),
+             "seconds": round(time.perf_counter() - start, 2), "members_on_objective": on_objective,
+             "fusion_on_objective": score_setting(fusion, params, parts, kinds)}
+    print(f"  the chosen fusion on the {objective} objective: {_aurocs_line(sweep['fusion_on_objective'])}", flush=True)
+    return _evaluate_and_save(job, fusion, members, name, sweep)
+
+
+def _aurocs_line(aurocs: dict[str, Any]) -> str:
+    return " / ".join(f"{kind} {aurocs[f'image_auroc{suffix}']:.3f}" for kind, suffix in
+                      (("logical", "_logical"), ("structural", "_structural"), ("all", ""))
+                      if aurocs.get(f"image_auroc{suffix}") is not None)
 
 
 def _evaluate_and_save(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], name: str,
-                       objective: str, best_value: float, params: dict[str, Any], trials: int,
-                       seconds: float) -> dict[str, Any]:
-    """Test metrics of the fusion and of each member, the model file, the MLflow run and version."""
+                       sweep: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics of the fusion and of each member, the model file, the MLflow run and version.
+    `sweep`: the objective, the chosen setting, and what it and each member scored on the objective."""
     device = next(fusion.buffers()).device
     out = Path(job.output_dir) / (job.category or job.dataset) / name
     model_dir = out / "model"
@@ -221,13 +235,12 @@ def _evaluate_and_save(job: FusionJob, fusion: Fusion, members: list[tuple[str, 
     save_model(model_dir / MODEL_FILE, fusion.cpu(), {"threshold": metrics.get("threshold"),
                                                       "threshold_fpr": metrics.get("threshold_fpr")}, lean=True)
     record = {"method": "fusion", "dataset": job.dataset, "category": job.category, **metrics,
-              "members": per_member, "objective": objective, "best_objective": best_value, "best_params": params,
-              "trials": trials, "seconds": round(seconds, 2), "run_dir": str(out)}
+              "members": per_member, **sweep, "run_dir": str(out)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
     (out / "fusion.yaml").write_text(yaml.safe_dump(
         {"members": [r for r, _ in members], **{k: list(v) if isinstance(v, tuple) else v
                                               for k, v in fusion.config.to_dict().items() if k != "members"}}))
-    record.update(_track(job, fusion, members, name, objective, record, model_dir))
+    record.update(_track(job, fusion, members, name, sweep["objective"], record, model_dir))
     (out / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
     return record
 
@@ -245,12 +258,17 @@ def _track(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], na
     c = fusion.config
     params = {"method": "fusion", "members": ",".join(r for r, _ in members), "objective": objective,
               "norm": c.norm, "rule": c.rule, "weights": ",".join(f"{w:g}" for w in c.member_weights()),
-              "trials": record["trials"], "category": job.category, "dataset": job.dataset}
+              "trials": record["trials"], "category": job.category, "dataset": job.dataset,
+              "objective_structural_families": ",".join(record["objective_structural_families"] or [])}
     tags = {"logicad.sweep_kind": "fusion", "logicad.objective": objective}
     run_id = tracking.start_run(uri, tracking.DEFAULT_EXPERIMENT, name, params, tags)
     flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for i, (ref, aurocs) in enumerate(record["members"].items()):
         flat.update({f"member{i}_{k}": v for k, v in aurocs.items() if v is not None})
+        flat.update({f"member{i}_objective_{k.removeprefix('image_')}": v
+                     for k, v in record["members_on_objective"][ref].items() if v is not None})
+    flat.update({f"objective_{k.removeprefix('image_')}": v for k, v in record["fusion_on_objective"].items()
+                 if v is not None})
     tracking.log_results(uri, run_id, flat, model_dir)
     out: dict[str, Any] = {"mlflow_run_id": run_id}
     if job.register:

@@ -29,7 +29,7 @@ from logicad.models.base import ConfigError, Method
 
 from ..evaluate.metrics import image_aurocs
 from ..registry import tracking
-from .objective import OBJECTIVE_METRIC
+from .objective import OBJECTIVE_METRIC, synthetic_objective_set
 from .search_space import SearchSpace, load_space, to_tune
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -74,14 +74,11 @@ SCORE_ONLY_PER_NORMAL = 4
 def objective_set(method: Method, objective: str, dataset: str, root: str, category: str | None, seed: int,
                   per_normal: int = SCORE_ONLY_PER_NORMAL):
     """The images a trial is scored on: the test split, or the validation normals with
-    `per_normal` synthesised anomalies of each kind per normal."""
+    `per_normal` synthesised anomalies of each kind per normal (`synthetic_objective_set`)."""
     size = method.config.image_size
     if objective == "test":
         return load_split(dataset, root, category, "test", size)
-    from logicad.data.anomaly_synthesis import SyntheticAnomalySet
-
-    normals = load_split(dataset, root, category, "validation", size)
-    return SyntheticAnomalySet(normals, seed=seed, n_per_kind=per_normal * len(normals))
+    return synthetic_objective_set(method, load_split(dataset, root, category, "validation", size), seed, per_normal)
 
 
 @torch.no_grad()
