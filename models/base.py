@@ -30,6 +30,10 @@ optimizer, and checks that every worker holds the same state (buffers included) 
 the same parameters. A statistic whose size is known only after `prepare` (a subsampled bank)
 is a buffer that `load_state_dict` resizes to the saved one.
 
+A stage that trains on a view of synthesised anomalies (`Stage.data`, e.g. SLSG's simulation)
+is listed by `training_views()` too, known without building the stages: the leak-free tuning
+objective then scores the model only on anomaly families it did not learn from.
+
 Score-only config keys (`MethodConfig.SCORE_ONLY`) change no weight: `score_parts`
 computes the network outputs once, `maps_from_parts` turns cached parts into maps
 under the current config, so a sweep over those keys never retrains.
@@ -297,6 +301,12 @@ class Method(nn.Module):
         """(maps, image scores) from cached `score_parts` under the current config (score-only sweeps)."""
         maps = self.maps_from_parts(parts)
         return maps, self.image_score(maps)
+
+    @torch.no_grad()
+    def image_scores_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """B image scores from cached `score_parts`: all a score-only trial needs. Default
+        `scores_from_parts`; a method whose image score needs no map (a fusion) skips the maps."""
+        return self.scores_from_parts(parts)[1]
 
     @torch.no_grad()
     def score_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -220,6 +220,8 @@ def test_a_fusion_is_built_from_members_and_scores_with_its_own_image_score(smal
     assert maps.shape == (2, 1, 64, 64)
     own = members[0][1].score(images)[1]  # DFSC at its own 64 px: weight (1, 0) is DFSC alone
     assert torch.allclose(scores, scoring.normalise(own, fusion.score_stats[0], "zscore"), atol=1e-5)
+    parts = fusion.score_parts(images)  # a sweep's trial: the same image scores, without the maps
+    assert torch.equal(fusion.image_scores_from_parts(parts), fusion.scores_from_parts(parts)[1])
 
 
 def test_a_labelled_objective_scores_validation_normals_against_the_users_anomalies(small_loco, category, tmp_path):

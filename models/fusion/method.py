@@ -153,12 +153,16 @@ class Fusion(Method):
     @torch.no_grad()
     def scores_from_parts(self, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         c, count = self.config, len(self.members)
-        weights = c.member_weights()
         maps = scoring.combine([parts[f"map_{i}"] for i in range(count)], list(self.map_stats), c.norm, c.rule,
-                               weights)
-        scores = scoring.combine([parts[f"score_{i}"] for i in range(count)], list(self.score_stats), c.norm,
-                                 c.rule, weights)
-        return maps, scores
+                               c.member_weights())
+        return maps, self.image_scores_from_parts(parts)
+
+    @torch.no_grad()
+    def image_scores_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused image scores alone (a sweep's trial needs no map: combining maps is most of its time)."""
+        c = self.config
+        return scoring.combine([parts[f"score_{i}"] for i in range(len(self.members))], list(self.score_stats),
+                               c.norm, c.rule, c.member_weights())
 
     @torch.no_grad()
     def maps_from_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -106,7 +106,7 @@ def score_setting(method: Method, params: dict[str, Any], parts: dict[str, torch
     scores = []
     for start in range(0, total, chunk):
         piece = {k: v[start:start + chunk] for k, v in parts.items()}
-        scores.append(method.scores_from_parts(piece)[1].float())
+        scores.append(method.image_scores_from_parts(piece).float())
     return image_aurocs(torch.cat(scores).numpy(), kinds)
 
 
