@@ -213,7 +213,7 @@ def structural_anomaly(
 
 
 # -------------------------------------------------------------------------------------- logical
-def _saliency(image: np.ndarray) -> np.ndarray:
+def saliency(image: np.ndarray) -> np.ndarray:
     """Local contrast (distance from a heavily blurred copy), smoothed: high on parts and
     objects, low on plain background. Computed at <= 64 px and resized back, for speed."""
     H, W = image.shape[:2]
@@ -226,7 +226,7 @@ def _saliency(image: np.ndarray) -> np.ndarray:
     return cv2.resize(contrast, (W, H), interpolation=cv2.INTER_LINEAR)
 
 
-def _pick_point(weights: np.ndarray, rng: Rng, margin: float) -> Point:
+def pick_point(weights: np.ndarray, rng: Rng, margin: float) -> Point:
     """A pixel drawn with probability proportional to `weights`, at least `margin` from the edges."""
     H, W = weights.shape
     m_y, m_x = min(int(margin), (H - 1) // 2), min(int(margin), (W - 1) // 2)
@@ -286,7 +286,7 @@ def _misplace(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Cand
     misplaced part), upright or rotated."""
     other = others[int(rng.integers(len(others)))]
     hw = image.shape[:2]
-    src = _pick_point(_saliency(other) ** 2, rng, _margin(hw))
+    src = pick_point(saliency(other) ** 2, rng, _margin(hw))
     dst = _uniform_point(hw, rng, _margin(hw))
     angle = 0.0 if rng.random() < 0.5 else float(rng.uniform(-180, 180))
     return _warp(other, src, dst, angle), _region(hw, dst, rng)
@@ -297,7 +297,7 @@ def _swap(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidat
     of the side and rotated (a part of the wrong pose, or from the wrong pairing)."""
     other = others[int(rng.integers(len(others)))]
     hw = image.shape[:2]
-    dst = _pick_point(_saliency(image) ** 2, rng, _margin(hw))
+    dst = pick_point(saliency(image) ** 2, rng, _margin(hw))
     step, direction = rng.uniform(0.03, 0.12) * min(hw), rng.uniform(0, 2 * np.pi)
     src = (dst[0] + step * np.cos(direction), dst[1] + step * np.sin(direction))
     return _warp(other, src, dst, float(rng.uniform(-90, 90))), _region(hw, dst, rng)
@@ -307,10 +307,10 @@ def _remove(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candid
     """A salient region filled with the least salient (background) patch of 16 random spots of
     the image itself: a missing part."""
     hw = image.shape[:2]
-    saliency = _saliency(image)
-    dst = _pick_point(saliency**2, rng, _margin(hw))
+    contrast = saliency(image)
+    dst = pick_point(contrast**2, rng, _margin(hw))
     spots = [_uniform_point(hw, rng, _margin(hw)) for _ in range(16)]
-    src = min(spots, key=lambda p: float(saliency[int(p[1]), int(p[0])]))
+    src = min(spots, key=lambda p: float(contrast[int(p[1]), int(p[0])]))
     return _warp(image, src, dst, 0.0), _region(hw, dst, rng)
 
 
@@ -339,13 +339,12 @@ def object_masks(image: np.ndarray) -> list[np.ndarray]:
     return masks
 
 
-def _free_background(image: np.ndarray) -> np.ndarray:
+def _free_background(image: np.ndarray, objects: list[np.ndarray]) -> np.ndarray:
     """Where a new object may go: the product's area (`foreground_mask`, or everything) with every
-    object of the image, widened, taken out."""
+    one of the image's `objects` (its `object_masks`), widened, taken out."""
     hw = image.shape[:2]
     place = foreground_mask(image)
     place = np.ones(hw, bool) if place is None else place
-    objects = object_masks(image)
     if objects:
         radius = max(1, min(hw) // 64)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -353,10 +352,37 @@ def _free_background(image: np.ndarray) -> np.ndarray:
     return place
 
 
-def _whole_objects(image: np.ndarray) -> list[np.ndarray]:
+def whole_objects(objects: list[np.ndarray]) -> list[np.ndarray]:
     """`object_masks` without fragments: those at least a third of the largest object's area."""
-    objects = object_masks(image)
     return [m for m in objects if m.sum() >= objects[0].sum() / 3] if objects else []
+
+
+class ObjectIndex:
+    """Each image's objects and free background, found once: the object edits of one synthetic
+    set look at every normal again and again (as the image edited and as another normal). Keyed
+    by the array's identity; an entry holds its array, so a key is never reused by another."""
+
+    def __init__(self) -> None:
+        self._objects: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._free: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def objects(self, image: np.ndarray) -> list[np.ndarray]:
+        """`object_masks(image)`."""
+        entry = self._objects.get(id(image))
+        if entry is None or entry[0] is not image:
+            entry = self._objects[id(image)] = (image, object_masks(image))
+        return entry[1]
+
+    def whole(self, image: np.ndarray) -> list[np.ndarray]:
+        """`whole_objects` of the image."""
+        return whole_objects(self.objects(image))
+
+    def free(self, image: np.ndarray) -> np.ndarray:
+        """Where a new object may go in the image (bool H x W)."""
+        entry = self._free.get(id(image))
+        if entry is None or entry[0] is not image:
+            entry = self._free[id(image)] = (image, _free_background(image, self.objects(image)))
+        return entry[1]
 
 
 def _paste(image: np.ndarray, source: np.ndarray, shape: np.ndarray, src: Point, dst: Point,
@@ -374,22 +400,22 @@ def _paste(image: np.ndarray, source: np.ndarray, shape: np.ndarray, src: Point,
     return out, alpha[..., 0] > 0.05
 
 
-def _add_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidate:
+def _add_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, index: ObjectIndex) -> Candidate:
     """A whole object of another normal image (its own pixels, no patch of background around
     it) placed, turned, where this image shows free background: one part too many, the count
     rule broken with nothing locally wrong. The best of 16 places."""
     other = others[int(rng.integers(len(others)))]
-    objects = _whole_objects(other)
+    objects = index.whole(other)
     if not objects:
         return _misplace(image, others, rng)
     shape = objects[int(rng.integers(len(objects)))]
     ys, xs = np.nonzero(shape)
     src = (float(xs.mean()), float(ys.mean()))
-    free = _free_background(image)
+    free = index.free(image)
     angle = float(rng.uniform(-180, 180))
     best, best_outside = (0.0, 0.0), np.inf
     for _ in range(16):
-        dst = _pick_point(free.astype(np.float32), rng, 0)
+        dst = pick_point(free.astype(np.float32), rng, 0)
         footprint = _warp(shape.astype(np.uint8), src, dst, angle, cv2.BORDER_CONSTANT).astype(bool)
         outside = (footprint & ~free).sum() / max(1, footprint.sum())
         if outside < best_outside:
@@ -399,19 +425,19 @@ def _add_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Ca
     return _paste(image, other, shape, src, best, angle)
 
 
-def _drop_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> Candidate:
+def _drop_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, index: ObjectIndex) -> Candidate:
     """A whole object painted over by background: one part too few, with no cut edge left
     behind. The background is the same place of another normal image (of four tried) where it
     is free there (real film, creases and grain: random layouts), its mean colour matched to the
     ring around the object; else OpenCV's Telea inpainting of the object's slightly widened mask
     (fixed layouts, where every normal has a part there)."""
-    objects = _whole_objects(image)
+    objects = index.whole(image)
     if not objects:
         return _remove(image, others, rng)
     mask = objects[int(rng.integers(len(objects)))]
     wide = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     for k in rng.permutation(len(others))[:4]:
-        if _free_background(others[k])[wide].mean() >= 0.98:
+        if index.free(others[k])[wide].mean() >= 0.98:
             ring = cv2.dilate(wide.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~wide
             fill = others[k].astype(np.float32) + (image[ring].mean(axis=0) - others[k][ring].mean(axis=0))
             alpha = np.maximum(cv2.GaussianBlur(wide.astype(np.float32), (5, 5), 1.0), mask)[..., None]
@@ -420,9 +446,10 @@ def _drop_object(image: np.ndarray, others: Sequence[np.ndarray], rng: Rng) -> C
     return cv2.inpaint(image, wide.astype(np.uint8), radius, cv2.INPAINT_TELEA), wide
 
 
-LOGICAL: dict[str, Callable[[np.ndarray, Sequence[np.ndarray], Rng], Candidate]] = {
-    "misplace": _misplace, "swap": _swap, "remove": _remove, "add_object": _add_object, "drop_object": _drop_object,
-}
+REGION_EDITS: dict[str, Callable[[np.ndarray, Sequence[np.ndarray], Rng], Candidate]] = {
+    "misplace": _misplace, "swap": _swap, "remove": _remove}
+OBJECT_EDITS: dict[str, Callable[[np.ndarray, Sequence[np.ndarray], Rng, ObjectIndex], Candidate]] = {
+    "add_object": _add_object, "drop_object": _drop_object}
 
 
 def _visible_change(image: np.ndarray, candidate: Candidate) -> float:
@@ -430,37 +457,39 @@ def _visible_change(image: np.ndarray, candidate: Candidate) -> float:
     return float(np.abs(source[mask].astype(np.int16) - image[mask]).mean())
 
 
-def logical_modes_for(image: np.ndarray) -> tuple[str, ...]:
+def logical_modes_for(image: np.ndarray, index: ObjectIndex | None = None) -> tuple[str, ...]:
     """The modes a logical anomaly of `image` is drawn from: OBJECT_MODES when it shows two or
     more whole objects, else REGION_MODES."""
-    return OBJECT_MODES if len(_whole_objects(image)) >= 2 else REGION_MODES
+    return OBJECT_MODES if len((index or ObjectIndex()).whole(image)) >= 2 else REGION_MODES
 
 
 def logical_anomaly(
-    image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, mode: str | None = None
+    image: np.ndarray, others: Sequence[np.ndarray], rng: Rng, mode: str | None = None,
+    index: ObjectIndex | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add, remove, move or swap a part of `image` (uint8 H x W x 3) using other normal images
     of its category (`others`, same size; empty: the image mirrored). `mode`: one of
     LOGICAL_MODES; default a random one of OBJECT_MODES when the image shows two or more whole
-    objects, else of REGION_MODES. Of CANDIDATES region edits the most visible is kept. Returns
-    (image', mask); pixels outside the mask are untouched."""
+    objects, else of REGION_MODES. Of CANDIDATES region edits the most visible is kept; a whole
+    object is always visible, so an object edit is drawn once. `index`: objects already found
+    (a set passes one for all its anomalies). Returns (image', mask); pixels outside the mask
+    are untouched."""
+    index = index or ObjectIndex()
     if mode is None:
-        modes = logical_modes_for(image)
+        modes = logical_modes_for(image, index)
         mode = modes[int(rng.integers(len(modes)))]
-    if mode not in LOGICAL:
+    if mode not in LOGICAL_MODES:
         raise ValueError(f"unknown logical anomaly mode {mode!r}; expected one of {list(LOGICAL_MODES)}")
     others = list(others) or [np.ascontiguousarray(image[:, ::-1])]
-    draws = 1 if mode in OBJECT_MODES else CANDIDATES  # a whole object is always visible
-    candidates = [LOGICAL[mode](image, others, rng) for _ in range(draws)]
+    if mode in OBJECT_EDITS:
+        candidates = [OBJECT_EDITS[mode](image, others, rng, index)]
+    else:
+        candidates = [REGION_EDITS[mode](image, others, rng) for _ in range(CANDIDATES)]
     source, mask = max(candidates, key=lambda c: _visible_change(image, c))
     return np.where(mask[..., None], source, image), mask
 
 
 # ------------------------------------------------------------------------------------------ set
-def _texture_family(image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
-    return structural_anomaly(image, rng)
-
-
 def _drawn_family(image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
     from .drawn_defects import drawn_anomaly
 
@@ -470,7 +499,7 @@ def _drawn_family(image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
 #: structural anomaly families: Perlin-masked texture blends (`structural_anomaly`, the family
 #: SLSG's anomaly simulation trains on) and drawn scratches, stains and dents (`drawn_defects`)
 STRUCTURAL_FAMILIES: dict[str, Callable[[np.ndarray, Rng], tuple[np.ndarray, np.ndarray]]] = {
-    "texture": _texture_family, "drawn": _drawn_family}
+    "texture": structural_anomaly, "drawn": _drawn_family}
 
 
 class SyntheticAnomalySet(Dataset):
@@ -504,30 +533,32 @@ class SyntheticAnomalySet(Dataset):
         self.images: list[np.ndarray] = list(normals.images)
         self.masks: list[np.ndarray] = [np.zeros(im.shape[:2], bool) for im in normals.images]
         self.samples: list[Sample] = list(normals.samples)
+        index = ObjectIndex()  # every normal's objects found once for all the set's object edits
         for kind in ("logical", "structural"):
             for i in range(self.n_per_kind):
-                self._add(normals, kind, i)
+                self._add(normals, kind, i, index)
         self.labels = [s.label for s in self.samples]
         self.kinds = [s.kind for s in self.samples]
         self.orig_sizes = [im.shape[:2] for im in self.images]
 
-    def _add(self, normals: AnomalyDataset, kind: str, i: int) -> None:
+    def _add(self, normals: AnomalyDataset, kind: str, i: int, index: ObjectIndex) -> None:
         """Append anomaly i of a kind, made from normal i mod N."""
         k = i % len(normals)
-        image, mask = self._make(normals.images, kind, i)
+        image, mask = self._make(normals.images, kind, i, index)
         self.images.append(image)
         self.masks.append(mask)
         path = Path(f"{normals.samples[k].path}#synthetic-{kind}-{i}")
         self.samples.append(Sample(path, 1, kind, f"synthetic_{kind}"))
 
-    def _make(self, normals: Sequence[np.ndarray], kind: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _make(self, normals: Sequence[np.ndarray], kind: str, i: int,
+              index: ObjectIndex) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly i of a kind, from its own generator: independent of order and of other items."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, KIND_IDS[kind], i]))
         k = i % len(normals)
         if kind == "structural":
             family = self.structural_families[i % len(self.structural_families)]
             return STRUCTURAL_FAMILIES[family](normals[k], rng)
-        return logical_anomaly(normals[k], [im for j, im in enumerate(normals) if j != k], rng)
+        return logical_anomaly(normals[k], [im for j, im in enumerate(normals) if j != k], rng, index=index)
 
     def __len__(self) -> int:
         return len(self.images)

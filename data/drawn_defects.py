@@ -23,20 +23,20 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .anomaly_synthesis import foreground_mask, pick_point, saliency
+
 Rng = np.random.Generator
 
 
 def _centre(image: np.ndarray, rng: Rng, margin: float, on_edges: bool = False) -> tuple[float, float]:
     """A point (x, y) on the foreground (anywhere when none is found), `margin` from the edges;
     `on_edges`: drawn with probability rising with local contrast (where a warp shows)."""
-    from .anomaly_synthesis import _pick_point, _saliency, foreground_mask
-
     H, W = image.shape[:2]
-    weights = _saliency(image) ** 2 if on_edges else np.ones((H, W), np.float32)
+    weights = saliency(image) ** 2 if on_edges else np.ones((H, W), np.float32)
     foreground = foreground_mask(image)
     if foreground is not None:
         weights = weights * foreground
-    return _pick_point(weights, rng, margin)
+    return pick_point(weights, rng, margin)
 
 
 def _blend(image: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from logicad.data.anomaly_synthesis import (
     perlin_noise,
     structural_anomaly,
     texture_bank,
+    whole_objects,
 )
 from logicad.data.synthetic import SyntheticSpec, make_synthetic
 
@@ -125,8 +126,7 @@ def bag_normals(tmp_path_factory) -> AnomalyDataset:
 
 
 def _whole_count(image: np.ndarray) -> int:
-    objects = object_masks(image)
-    return sum(m.sum() >= objects[0].sum() / 3 for m in objects) if objects else 0
+    return len(whole_objects(object_masks(image)))
 
 
 def test_object_masks_find_the_separate_items_of_a_bag_and_none_on_a_plain_image(bag_normals):

@@ -126,7 +126,8 @@ def run_loop(spec: WorkerSpec, session: TrainSession) -> None:
     _load_training_state(stages, state)
     fault = spec.fault_at_step if first_attempt and rank == world_size - 1 else 0
     logger = _step_logger(spec) if rank == 0 else None
-    missing = [stage.data for stage in stages if stage.data and stage.data not in method.training_views()]
+    listed = method.training_views()
+    missing = [stage.data for stage in stages if stage.data and stage.data not in listed]
     if missing:  # the objective trusts training_views() to name what a model learnt from
         raise RuntimeError(f"{spec.method}: training_views() does not list the views its stages train on: {missing}")
     # every stage's training-set view is built now, so a bad view option fails before any step
