@@ -76,6 +76,8 @@ def plain_loop(method, device: torch.device, steps: int, compile_mode: str = "")
 
     size, batch_size = method.config.image_size, method.config.batch_size
     images = torch.randn(8, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    if not method.stages():  # patchcore, global_gaussian: statistics only, nothing to step
+        return {"skipped": "no training stage (statistics only: prepare -> finalize)"}
     method.prepare([{"image": images, "label": torch.zeros(8, dtype=torch.long, device=device)}])
     stage = method.stages()[0]
     batch = {"image": images[:batch_size], "label": torch.zeros(batch_size, dtype=torch.long, device=device),
@@ -330,7 +332,8 @@ def table(results: dict[str, Any], batches: list[int]) -> str:
     """One column per method (and the peer), one row per figure."""
     columns = {name: row for name, row in results["methods"].items()}
     columns["peer EfficientAD-S"] = results["peer"]
-    lines = [("training steps/s, plain loop", lambda r: r.get("train_plain_loop", r.get("train", {})).get("steps_per_s")),
+    lines = [("training steps/s, plain loop",
+              lambda r: r.get("train_plain_loop", r.get("train", {})).get("steps_per_s")),
              ("training steps/s, plain loop, compiled step",
               lambda r: r.get("train_plain_loop_compiled", {}).get("steps_per_s")),
              ("training steps/s, product loop", lambda r: r.get("train_product_loop", {}).get("steps_per_s")),
@@ -345,7 +348,8 @@ def table(results: dict[str, Any], batches: list[int]) -> str:
         lines.append((f"scoring ms at batch 1, {mode}", lambda r, g=get: g(r, "ms_batch_1")))
         for b in batches:
             if b != 1:
-                lines.append((f"scoring images/s at batch {b}, {mode}", lambda r, g=get, b=b: g(r, f"images_per_s_b{b}")))
+                lines.append((f"scoring images/s at batch {b}, {mode}",
+                              lambda r, g=get, b=b: g(r, f"images_per_s_b{b}")))
     lines.append(("compiled max abs diff to eager", lambda r: r.get("scoring", {}).get("compiled", {}).get(
         "max_abs_diff_to_eager")))
     lines.append(("peak GPU memory GB (plain loop)", lambda r: r.get("train_plain_loop", r.get("train", {})).get(
@@ -361,6 +365,15 @@ def table(results: dict[str, Any], batches: list[int]) -> str:
                 cells.append("-")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def write(results: dict[str, Any], args) -> None:
+    """The JSON with the machine record and the table of what has been measured so far."""
+    results["machine"] = {"torch": torch.__version__, "python": platform.python_version(), "cores": os.cpu_count(),
+                          "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results["table"] = table(results, args.batches)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -409,15 +422,12 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             results["methods"][name] = run_method(name, args, device, work / "loco", CATEGORIES[0], work)
             results["methods"][name]["bench_wall_s"] = round(time.perf_counter() - start, 1)
+            write(results, args)  # after every method: a run cut off by a timeout keeps what it finished
         if args.peer:
             results["peer"] = peer(device, args.size, args.steps, args.batches, args.repeats)
         else:
             results["peer"] = {"skipped": "--no-peer"}
-    results["machine"] = {"torch": torch.__version__, "python": platform.python_version(), "cores": os.cpu_count(),
-                          "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results["table"] = table(results, args.batches)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    write(results, args)
     print(results["table"])
     if "gpu_rows" in results:
         print(f"GPU rows: {results['gpu_rows']}")
