@@ -141,8 +141,15 @@ def test_fuse_records_what_each_member_and_the_chosen_fusion_scored_on_the_objec
     for aurocs in [*record["members_on_objective"].values(), record["fusion_on_objective"]]:
         assert 0.0 <= aurocs["image_auroc_logical"] <= 1.0 and 0.0 <= aurocs["image_auroc_structural"] <= 1.0
     assert record["fusion_on_objective"]["image_auroc"] == pytest.approx(record["best_objective"])
+    evidence = record["objective_evidence"]
+    best = max(record["members_on_objective"], key=lambda ref: record["members_on_objective"][ref]["image_auroc"])
+    assert evidence["best_member"] == best
+    assert evidence["gain_over_best_member"] == pytest.approx(
+        record["best_objective"] - record["members_on_objective"][best]["image_auroc"])
+    assert evidence["gain_se"] >= 0.0 and evidence["fusion_se"] > 0.0
     logged = mlflow.tracking.MlflowClient(registry["uri"]).get_run(fused["version"].run_id).data.metrics
-    assert {"member0_objective_auroc_logical", "member1_objective_auroc_structural", "objective_auroc"} <= set(logged)
+    assert {"member0_objective_auroc_logical", "member1_objective_auroc_structural", "objective_auroc",
+            "objective_gain_over_best_member", "objective_gain_se", "objective_fusion_se"} <= set(logged)
 
 
 def test_a_new_member_version_does_not_change_the_registered_fusion(fused, registry, small_loco, category):

@@ -14,6 +14,7 @@ from logicad.pipelines.evaluate.metrics import (
     LocoEvaluator,
     aupro,
     auc_spro,
+    bootstrap_aurocs,
     compute_metrics,
     image_auroc,
     image_aurocs,
@@ -136,6 +137,29 @@ def test_image_aurocs_headline_is_mean_of_logical_and_structural():
                                                                         [0, 0, 0, 1, 1, 1]))
     assert out["image_auroc"] == pytest.approx((out["image_auroc_logical"] + 1.0) / 2)
     assert out["image_auroc_all"] == pytest.approx(pair_count_auroc(scores, [k != "good" for k in kinds]))
+
+
+def test_bootstrap_aurocs_pair_scorers_on_the_same_draws_and_shrink_with_more_images():
+    rng = np.random.default_rng(0)
+
+    def case(n):
+        kinds = np.array(["good"] * n + ["logical"] * n + ["structural"] * n)
+        perfect = np.r_[np.zeros(n), np.ones(2 * n)] + 0.1 * rng.random(3 * n)
+        noisy = rng.random(3 * n)
+        return kinds, perfect, noisy
+
+    kinds, perfect, noisy = case(20)
+    draws = bootstrap_aurocs([perfect, noisy, noisy], kinds, resamples=200, seed=1)
+    assert draws.shape == (200, 3)
+    assert np.all(draws[:, 0] == 1.0)  # a perfect scorer is perfect on every draw
+    assert np.array_equal(draws[:, 1], draws[:, 2])  # the same scores on the same draws: no paired spread
+    assert np.array_equal(draws, bootstrap_aurocs([perfect, noisy, noisy], kinds, resamples=200, seed=1))
+    small = draws[:, 1].std()
+    kinds, _, noisy = case(80)
+    large = bootstrap_aurocs([noisy], kinds, resamples=200, seed=1)[:, 0].std()
+    assert 0.3 < large / small < 0.7  # four times the images: about half the standard error
+    with pytest.raises(ValueError, match="kinds"):
+        bootstrap_aurocs([noisy[:-1]], kinds)
 
 
 # ----------------------------------------------------------------------------- pixel level, exact values

@@ -126,6 +126,27 @@ def image_aurocs(scores: Sequence[float], kinds: Sequence[str]) -> dict[str, flo
     return {k: out[k] for k in ("image_auroc", "image_auroc_logical", "image_auroc_structural", "image_auroc_all")}
 
 
+def bootstrap_aurocs(scores: Sequence[Sequence[float]], kinds: Sequence[str], resamples: int = 500,
+                     seed: int = 0) -> np.ndarray:
+    """Headline image AUROC (mean of logical and structural) of each of several scorers of the same
+    images, on `resamples` bootstrap draws of those images: resamples x scorers. Each draw takes as
+    many images of each kind as there are, with replacement, and every scorer is scored on the
+    same draw, so the spread of a column is its standard error and that of a difference of
+    columns is the paired one (far smaller where two scorers agree on most images)."""
+    kinds = np.asarray(kinds)
+    values = np.stack([_checked_scores(s) for s in scores])
+    if values.shape[1] != kinds.size:
+        raise ValueError(f"{values.shape[1]} scores per scorer but {kinds.size} kinds")
+    by_kind = [np.flatnonzero(kinds == kind) for kind in ("good", *ANOMALOUS_KINDS)]
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, len(values)))
+    for r in range(resamples):
+        draw = np.concatenate([rng.choice(rows, rows.size) for rows in by_kind if rows.size])
+        for j, row in enumerate(values):
+            out[r, j] = image_aurocs(row[draw], kinds[draw])["image_auroc"]
+    return out
+
+
 # ----------------------------------------------------------------------------- value keys
 
 

@@ -33,11 +33,11 @@ from logicad.data.layouts import Sample, images_below
 from logicad.models.base import ConfigError, Method
 from logicad.models.fusion import Fusion
 
-from ..evaluate.metrics import image_aurocs
+from ..evaluate.metrics import bootstrap_aurocs, image_aurocs
 from ..evaluate.scoring import evaluate_to_dir
 from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, ModelFileError, save_model
-from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, score_setting
+from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, setting_scores
 from .search_space import SPACES_DIR, SearchSpace, load_space
 
 DEFAULT_SPACE = SPACES_DIR / "fusion.yaml"
@@ -207,12 +207,44 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     frame = results.get_dataframe()
     params, best_value = choose_setting(frame, space)
     fusion.config = fusion.config.replace(**{**space.fixed, **params})
+    fused = setting_scores(fusion, {}, parts).numpy()  # the chosen setting's scores of the objective images
+    evidence = objective_evidence(fused, parts, kinds, on_objective, len(validation))
     sweep = {"objective": objective, "objective_structural_families": families,
              "best_objective": best_value, "best_params": params, "trials": len(frame),
              "seconds": round(time.perf_counter() - start, 2), "members_on_objective": on_objective,
-             "fusion_on_objective": score_setting(fusion, params, parts, kinds)}
+             "fusion_on_objective": image_aurocs(fused, kinds), "objective_evidence": evidence}
     print(f"  the chosen fusion on the {objective} objective: {_aurocs_line(sweep['fusion_on_objective'])}", flush=True)
+    if evidence:
+        print(f"  {_evidence_line(evidence)}", flush=True)
     return _evaluate_and_save(job, fusion, members, name, sweep)
+
+
+def objective_evidence(fused, parts: dict[str, torch.Tensor], kinds: list[str],
+                       on_objective: dict[str, dict[str, Any]], normals: int) -> dict[str, Any]:
+    """How sure the objective is that the chosen fusion beats its best member there: the headline
+    gain over that member with its paired bootstrap standard error (`bootstrap_aurocs`), and the
+    fusion's own standard error; {} where the objective has no headline AUROC. The chosen setting
+    won a search of many noisy trials, so the gain is if anything optimistic."""
+    refs = list(on_objective)
+    headline = [on_objective[ref]["image_auroc"] for ref in refs]
+    fused_headline = image_aurocs(fused, kinds)["image_auroc"]
+    if fused_headline is None or None in headline:
+        return {}
+    best = max(range(len(refs)), key=headline.__getitem__)
+    draws = bootstrap_aurocs([fused, parts[f"score_{best}"].numpy()], kinds)
+    return {"best_member": refs[best], "gain_over_best_member": fused_headline - headline[best],
+            "gain_se": float((draws[:, 0] - draws[:, 1]).std(ddof=1)), "fusion_se": float(draws[:, 0].std(ddof=1)),
+            "images": len(kinds), "validation_normals": normals}
+
+
+def _evidence_line(evidence: dict[str, Any]) -> str:
+    gain, se = evidence["gain_over_best_member"], evidence["gain_se"]
+    line = (f"{gain:+.3f} +- {se:.3f} over the best member there ({evidence['best_member']}), and the fusion's own "
+            f"AUROC +- {evidence['fusion_se']:.3f}: bootstrap standard errors over the {evidence['images']} objective "
+            f"images ({evidence['validation_normals']} validation normals)")
+    if gain < 2 * se:
+        line += "; within two standard errors, so the objective cannot tell the fusion from that member"
+    return line
 
 
 def _aurocs_line(aurocs: dict[str, Any]) -> str:
@@ -269,6 +301,9 @@ def _track(job: FusionJob, fusion: Fusion, members: list[tuple[str, Method]], na
                      for k, v in record["members_on_objective"][ref].items() if v is not None})
     flat.update({f"objective_{k.removeprefix('image_')}": v for k, v in record["fusion_on_objective"].items()
                  if v is not None})
+    evidence = record.get("objective_evidence") or {}
+    flat.update({f"objective_{k}": evidence[k] for k in ("gain_over_best_member", "gain_se", "fusion_se")
+                 if k in evidence})
     tracking.log_results(uri, run_id, flat, model_dir)
     out: dict[str, Any] = {"mlflow_run_id": run_id}
     if job.register:

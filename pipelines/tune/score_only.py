@@ -98,16 +98,22 @@ def cache_parts(method: Method, images, device: torch.device, batch_size: int = 
 
 
 @torch.no_grad()
-def score_setting(method: Method, params: dict[str, Any], parts: dict[str, torch.Tensor], kinds: list[str],
-                  chunk: int = 32) -> dict[str, float | None]:
-    """Image AUROCs of the cached parts under the config with `params` set (no network runs)."""
+def setting_scores(method: Method, params: dict[str, Any], parts: dict[str, torch.Tensor],
+                   chunk: int = 32) -> torch.Tensor:
+    """Image scores of the cached parts under the config with `params` set (no network runs)."""
     method.config = method.config.replace(**params)
-    total = len(kinds)
+    total = len(next(iter(parts.values())))
     scores = []
     for start in range(0, total, chunk):
         piece = {k: v[start:start + chunk] for k, v in parts.items()}
         scores.append(method.image_scores_from_parts(piece).float())
-    return image_aurocs(torch.cat(scores).numpy(), kinds)
+    return torch.cat(scores)
+
+
+def score_setting(method: Method, params: dict[str, Any], parts: dict[str, torch.Tensor], kinds: list[str],
+                  chunk: int = 32) -> dict[str, float | None]:
+    """Image AUROCs of the cached parts under the config with `params` set (no network runs)."""
+    return image_aurocs(setting_scores(method, params, parts, chunk).numpy(), kinds)
 
 
 def _trial(params: dict[str, Any], method: Method, parts: dict[str, torch.Tensor], kinds: list[str]) -> None:
