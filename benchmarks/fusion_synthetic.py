@@ -69,6 +69,7 @@ def main() -> None:
             rows[category] = {"members": {m: r for m, (_, r) in members.items()},
                               "fusion": {k: record.get(k) for k in KEYS},
                               "fusion_params": record["best_params"], "fusion_seconds": time.perf_counter() - start,
+                              "objective_evidence": record.get("objective_evidence"),
                               "on_objective": {**dict(zip(members, on_objective)),
                                                "FUSION": record["fusion_on_objective"]}}
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,8 @@ def main() -> None:
             seen = row["on_objective"][name]
             print(" | ".join([category, name, *(f"{values[k]:.3f}" if values.get(k) is not None else "-"
                                                 for k in KEYS), *(f"{seen[k]:.3f}" for k in KEYS)]))
-        print(f"{category} fusion settings: {row['fusion_params']}")
+        print(f"{category} fusion settings: {row['fusion_params']}; on the objective vs its best member: "
+              f"{row['objective_evidence']}")
 
 
 if __name__ == "__main__":
