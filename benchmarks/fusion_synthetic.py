@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=60, help="validation normals per category (LOCO: 54-69)")
     parser.add_argument("--test", type=int, default=100, help="test images of each kind (good, logical, structural) "
                         "per category (LOCO: 81-142)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated set")
     parser.add_argument("--out", default="benchmarks/results/fusion_synthetic.json")
     args = parser.parse_args()
     ensure_ray()
@@ -56,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "data"
-        make_synthetic(data, SyntheticSpec(seed=0, n_validation=args.validation, n_test_good=args.test,
+        make_synthetic(data, SyntheticSpec(seed=args.data_seed, n_validation=args.validation, n_test_good=args.test,
                                            n_test_logical=args.test, n_test_structural=args.test))
         uri = f"sqlite:///{tmp}/mlflow.db"
         for category in args.categories.split(","):
