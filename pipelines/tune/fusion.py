@@ -242,8 +242,10 @@ def _evidence_line(evidence: dict[str, Any]) -> str:
     line = (f"{gain:+.3f} +- {se:.3f} over the best member there ({evidence['best_member']}), and the fusion's own "
             f"AUROC +- {evidence['fusion_se']:.3f}: bootstrap standard errors over the {evidence['images']} objective "
             f"images ({evidence['validation_normals']} validation normals)")
-    if gain < 2 * se:
+    if abs(gain) < 2 * se:
         line += "; within two standard errors, so the objective cannot tell the fusion from that member"
+    elif gain < 0:  # a random search need not try each member alone
+        line += "; below that member by over two standard errors: no trial of the search beat it"
     return line
 
 
