@@ -269,3 +269,16 @@ def test_among_settings_the_objective_cannot_tell_apart_every_member_is_kept():
     assert choose_setting(frame, space) == ({"rule": "sum", "weights": "1,1"}, 1.5)
     frame.loc[3, "config/weights"] = "0,1"
     assert choose_setting(frame, space)[0]["weights"] == "0,1"
+
+
+def test_a_member_alone_is_kept_where_it_beat_every_trial_on_the_objective():
+    from logicad.pipelines.tune.fusion import no_worse_than_a_member
+    from logicad.pipelines.tune.search_space import SearchSpace
+
+    space = SearchSpace(method="fusion", space={"rule": {"choice": ["sum", "rank"]}, "weights": {"choice": ["1,1"]}})
+    members = {"a": {"image_auroc": 0.80}, "b": {"image_auroc": 0.90}, "c": {"image_auroc": 0.70}}
+    chosen = {"rule": "rank", "weights": "1,1,0.5"}
+    assert no_worse_than_a_member(chosen, 0.85, members, space) == ({"rule": "sum", "weights": "0,1,0"}, 0.90)
+    assert no_worse_than_a_member(chosen, 0.95, members, space) == (chosen, 0.95)  # a fusion that beat them stays
+    fixed = SearchSpace(method="fusion", space={"rule": {"choice": ["sum"]}}, fixed={"weights": "1,1,1"})
+    assert no_worse_than_a_member(chosen, 0.85, members, fixed) == (chosen, 0.85)  # the user fixed the weights

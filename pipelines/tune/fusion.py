@@ -167,6 +167,24 @@ def choose_setting(frame, space: SearchSpace, tolerance: float = 1e-6) -> tuple[
     return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}, float(chosen[space.metric])
 
 
+def no_worse_than_a_member(params: dict[str, Any], best_value: float, on_objective: dict[str, dict[str, Any]],
+                           space: SearchSpace) -> tuple[dict[str, Any], float]:
+    """The chosen setting, or the member the objective ranks first alone where no trial reached it:
+    a random search need not try each member alone. One-hot weights under the sum rule (an affine map
+    of the member's score under either norm) rank images as that member does, so its AUROCs are the
+    ones in `on_objective`. Only where the sweep searches `weights` and maximises the headline."""
+    headline = [aurocs["image_auroc"] for aurocs in on_objective.values()]
+    if "weights" not in space.space or space.mode != "max" or None in headline or max(headline) <= best_value:
+        return params, best_value
+    best = max(range(len(headline)), key=headline.__getitem__)
+    print(f"  no trial reached {list(on_objective)[best]} alone on the objective ({headline[best]:.3f} against "
+          f"{best_value:.3f}): the fusion keeps that member alone", flush=True)
+    alone = {"weights": ",".join("1" if i == best else "0" for i in range(len(headline)))}
+    if "rule" in space.space:
+        alone["rule"] = "sum"
+    return {**params, **alone}, headline[best]
+
+
 def member_aurocs(fusion: Fusion, parts: dict[str, torch.Tensor], kinds: list[str]) -> list[dict[str, Any]]:
     """Each member's own image AUROCs from cached parts."""
     return [image_aurocs(parts[f"score_{i}"].numpy(), kinds) for i in range(len(fusion.members))]
@@ -206,6 +224,7 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     results = run_score_only_sweep(fusion, space, parts, kinds, num_samples, job.storage_path, name)
     frame = results.get_dataframe()
     params, best_value = choose_setting(frame, space)
+    params, best_value = no_worse_than_a_member(params, best_value, on_objective, space)
     fusion.config = fusion.config.replace(**{**space.fixed, **params})
     fused = setting_scores(fusion, {}, parts).numpy()  # the chosen setting's scores of the objective images
     evidence = objective_evidence(fused, parts, kinds, on_objective, len(validation))
