@@ -282,3 +282,5 @@ def test_a_member_alone_is_kept_where_it_beat_every_trial_on_the_objective():
     assert no_worse_than_a_member(chosen, 0.95, members, space) == (chosen, 0.95)  # a fusion that beat them stays
     fixed = SearchSpace(method="fusion", space={"rule": {"choice": ["sum"]}}, fixed={"weights": "1,1,1"})
     assert no_worse_than_a_member(chosen, 0.85, members, fixed) == (chosen, 0.85)  # the user fixed the weights
+    logical = SearchSpace(method="fusion", space=space.space, metric="objective_logical")
+    assert no_worse_than_a_member(chosen, 0.85, members, logical) == (chosen, 0.85)  # compared on another metric

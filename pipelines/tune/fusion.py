@@ -38,6 +38,7 @@ from ..evaluate.scoring import evaluate_to_dir
 from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, ModelFileError, save_model
 from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, setting_scores
+from .objective import OBJECTIVE_METRIC
 from .search_space import SPACES_DIR, SearchSpace, load_space
 
 DEFAULT_SPACE = SPACES_DIR / "fusion.yaml"
@@ -172,9 +173,11 @@ def no_worse_than_a_member(params: dict[str, Any], best_value: float, on_objecti
     """The chosen setting, or the member the objective ranks first alone where no trial reached it:
     a random search need not try each member alone. One-hot weights under the sum rule (an affine map
     of the member's score under either norm) rank images as that member does, so its AUROCs are the
-    ones in `on_objective`. Only where the sweep searches `weights` and maximises the headline."""
+    ones in `on_objective`. Only where the sweep searches `weights` and maximises the headline
+    objective (a space tuned on `objective_logical` is compared on that, not here)."""
     headline = [aurocs["image_auroc"] for aurocs in on_objective.values()]
-    if "weights" not in space.space or space.mode != "max" or None in headline or max(headline) <= best_value:
+    searched = "weights" in space.space and space.metric == OBJECTIVE_METRIC and space.mode == "max"
+    if not searched or None in headline or max(headline) <= best_value:
         return params, best_value
     best = max(range(len(headline)), key=headline.__getitem__)
     print(f"  no trial reached {list(on_objective)[best]} alone on the objective ({headline[best]:.3f} against "
