@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -124,11 +125,25 @@ def test_tune_set_and_config_override_the_space_and_pin_searched_keys(tmp_path):
     assert pinned == ["lr"] and "lr" not in space.space and "margin" in space.space
 
 
-def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+def _objects(endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
+    """{key: last modified} of the objects under `prefix`."""
     from s3_server import client
 
     pages = client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {item["Key"]: item["LastModified"] for page in pages for item in page.get("Contents", [])}
+
+
+def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    return list(_objects(endpoint, bucket, prefix))
+
+
+def _state_saved_after_a_third_checkpoint(endpoint: str, bucket: str) -> bool:
+    """A trial's third checkpoint is in the bucket, and Tune's experiment state was written after
+    it (Tune syncs its state on a timer: killed before that, a resumed sweep knows no checkpoint)."""
+    objects = _objects(endpoint, bucket, "sweeps")
+    third = [t for k, t in objects.items() if "checkpoint_000002/" in k]
+    states = [t for k, t in objects.items() if "experiment_state" in k]
+    return bool(third) and bool(states) and max(states) > min(third)
 
 
 def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, tmp_path, s3_endpoint, bucket,
@@ -140,9 +155,9 @@ def test_an_interrupted_s3_sweep_resumes_from_the_bucket(small_loco, category, t
     first = subprocess.Popen(_tune(tmp_path, small_loco, category, *s3), stdout=log, stderr=subprocess.STDOUT,
                              env=env, start_new_session=True)
     deadline = time.time() + 300
-    # kill after a trial's third checkpoint (step 6 of 24): Tune's experiment state has recorded
-    # it by then, and the trial is still far from done
-    while time.time() < deadline and not any("checkpoint_000002/" in k for k in _keys(s3_endpoint, bucket, "sweeps")):
+    # kill once Tune's experiment state is saved after a trial's third checkpoint (step 6 of 24):
+    # the state then records a checkpoint, and the trial is still far from done
+    while time.time() < deadline and not _state_saved_after_a_third_checkpoint(s3_endpoint, bucket):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(1)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-sweep
