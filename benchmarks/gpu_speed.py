@@ -74,10 +74,10 @@ def plain_loop(method, device: torch.device, steps: int, compile_mode: str = "")
     does (the first call, the compile, is timed apart as `compile_s`)."""
     from logicad.pipelines.train.compiled_step import compiled_step
 
-    size, batch_size = method.config.image_size, method.config.batch_size
-    images = torch.randn(8, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     if not method.stages():  # patchcore, global_gaussian: statistics only, nothing to step
         return {"skipped": "no training stage (statistics only: prepare -> finalize)"}
+    size, batch_size = method.config.image_size, method.config.batch_size
+    images = torch.randn(8, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     method.prepare([{"image": images, "label": torch.zeros(8, dtype=torch.long, device=device)}])
     stage = method.stages()[0]
     batch = {"image": images[:batch_size], "label": torch.zeros(batch_size, dtype=torch.long, device=device),

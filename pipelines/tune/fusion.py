@@ -37,8 +37,8 @@ from ..evaluate.metrics import bootstrap_aurocs, image_aurocs
 from ..evaluate.scoring import evaluate_to_dir
 from ..registry import tracking
 from ..train.checkpoints import MODEL_FILE, ModelFileError, save_model
-from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, setting_scores
 from .objective import OBJECTIVE_METRIC
+from .score_only import cache_parts, check_score_only, objective_set, run_score_only_sweep, setting_scores
 from .search_space import SPACES_DIR, SearchSpace, load_space
 
 DEFAULT_SPACE = SPACES_DIR / "fusion.yaml"
@@ -168,6 +168,12 @@ def choose_setting(frame, space: SearchSpace, tolerance: float = 1e-6) -> tuple[
     return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}, float(chosen[space.metric])
 
 
+def best_member(on_objective: dict[str, dict[str, Any]]) -> int | None:
+    """Index of the member with the highest headline AUROC on the objective; None if any lacks one."""
+    headline = [aurocs["image_auroc"] for aurocs in on_objective.values()]
+    return None if None in headline else max(range(len(headline)), key=headline.__getitem__)
+
+
 def no_worse_than_a_member(params: dict[str, Any], best_value: float, on_objective: dict[str, dict[str, Any]],
                            space: SearchSpace) -> tuple[dict[str, Any], float]:
     """The chosen setting, or the member the objective ranks first alone where no trial reached it:
@@ -175,17 +181,18 @@ def no_worse_than_a_member(params: dict[str, Any], best_value: float, on_objecti
     of the member's score under either norm) rank images as that member does, so its AUROCs are the
     ones in `on_objective`. Only where the sweep searches `weights` and maximises the headline
     objective (a space tuned on `objective_logical` is compared on that, not here)."""
-    headline = [aurocs["image_auroc"] for aurocs in on_objective.values()]
     searched = "weights" in space.space and space.metric == OBJECTIVE_METRIC and space.mode == "max"
-    if not searched or None in headline or max(headline) <= best_value:
+    best = best_member(on_objective)
+    refs = list(on_objective)
+    if not searched or best is None or on_objective[refs[best]]["image_auroc"] <= best_value:
         return params, best_value
-    best = max(range(len(headline)), key=headline.__getitem__)
-    print(f"  no trial reached {list(on_objective)[best]} alone on the objective ({headline[best]:.3f} against "
-          f"{best_value:.3f}): the fusion keeps that member alone", flush=True)
-    alone = {"weights": ",".join("1" if i == best else "0" for i in range(len(headline)))}
+    value = on_objective[refs[best]]["image_auroc"]
+    print(f"  no trial reached {refs[best]} alone on the objective ({value:.3f} against {best_value:.3f}): "
+          "the fusion keeps that member alone", flush=True)
+    alone = {"weights": ",".join("1" if i == best else "0" for i in range(len(refs)))}
     if "rule" in space.space:
         alone["rule"] = "sum"
-    return {**params, **alone}, headline[best]
+    return {**params, **alone}, value
 
 
 def member_aurocs(fusion: Fusion, parts: dict[str, torch.Tensor], kinds: list[str]) -> list[dict[str, Any]]:
@@ -230,31 +237,31 @@ def run_fusion(job: FusionJob) -> dict[str, Any]:
     params, best_value = no_worse_than_a_member(params, best_value, on_objective, space)
     fusion.config = fusion.config.replace(**{**space.fixed, **params})
     fused = setting_scores(fusion, {}, parts).numpy()  # the chosen setting's scores of the objective images
-    evidence = objective_evidence(fused, parts, kinds, on_objective, len(validation))
+    fused_aurocs = image_aurocs(fused, kinds)
+    evidence = objective_evidence(fused, fused_aurocs, parts, kinds, on_objective, len(validation))
     sweep = {"objective": objective, "objective_structural_families": families,
              "best_objective": best_value, "best_params": params, "trials": len(frame),
              "seconds": round(time.perf_counter() - start, 2), "members_on_objective": on_objective,
-             "fusion_on_objective": image_aurocs(fused, kinds), "objective_evidence": evidence}
+             "fusion_on_objective": fused_aurocs, "objective_evidence": evidence}
     print(f"  the chosen fusion on the {objective} objective: {_aurocs_line(sweep['fusion_on_objective'])}", flush=True)
     if evidence:
         print(f"  {_evidence_line(evidence)}", flush=True)
     return _evaluate_and_save(job, fusion, members, name, sweep)
 
 
-def objective_evidence(fused, parts: dict[str, torch.Tensor], kinds: list[str],
+def objective_evidence(fused, fused_aurocs: dict[str, Any], parts: dict[str, torch.Tensor], kinds: list[str],
                        on_objective: dict[str, dict[str, Any]], normals: int) -> dict[str, Any]:
-    """How sure the objective is that the chosen fusion beats its best member there: the headline
-    gain over that member with its paired bootstrap standard error (`bootstrap_aurocs`), and the
-    fusion's own standard error; {} where the objective has no headline AUROC. The chosen setting
-    won a search of many noisy trials, so the gain is if anything optimistic."""
-    refs = list(on_objective)
-    headline = [on_objective[ref]["image_auroc"] for ref in refs]
-    fused_headline = image_aurocs(fused, kinds)["image_auroc"]
-    if fused_headline is None or None in headline:
+    """How sure the objective is that the chosen fusion (its image scores `fused` and their AUROCs)
+    beats its best member there: the headline gain over that member with its paired bootstrap
+    standard error (`bootstrap_aurocs`), and the fusion's own standard error; {} where the objective
+    has no headline AUROC. The chosen setting won a search of many noisy trials, so the gain is if
+    anything optimistic."""
+    best = best_member(on_objective)
+    if fused_aurocs["image_auroc"] is None or best is None:
         return {}
-    best = max(range(len(refs)), key=headline.__getitem__)
+    ref = list(on_objective)[best]
     draws = bootstrap_aurocs([fused, parts[f"score_{best}"].numpy()], kinds)
-    return {"best_member": refs[best], "gain_over_best_member": fused_headline - headline[best],
+    return {"best_member": ref, "gain_over_best_member": fused_aurocs["image_auroc"] - on_objective[ref]["image_auroc"],
             "gain_se": float((draws[:, 0] - draws[:, 1]).std(ddof=1)), "fusion_se": float(draws[:, 0].std(ddof=1)),
             "images": len(kinds), "validation_normals": normals}
 
